@@ -1,0 +1,725 @@
+"""Typed experiment configuration.
+
+A configuration is a tree of dataclasses (:class:`Config` at the top, one dataclass per
+section). YAML files and command-line overrides are merged into a plain nested dict, which is
+then converted into the dataclasses with strict type checking driven by the annotations alone.
+Adding a section is therefore just adding a dataclass field to :class:`Config`; adding an
+option is adding a field to its section.
+
+YAML files may inherit from other files with a top-level ``_base_`` key (a path relative to
+the including file, or a list of them). Bases are loaded first, in order, and the including
+file is deep-merged on top: mappings merge key by key, anything else is replaced.
+
+Command-line overrides have the form ``dotted.key=value``; ``value`` is parsed as YAML, so
+``data.height=128`` is an int, ``eval.rerank=true`` a bool and ``model.pretrained=none`` the
+string ``"none"`` (YAML's null is spelled ``null`` or ``~``). A mapping value is merged into
+the existing mapping, like a file layer.
+
+Every validation error is a :class:`ConfigError` whose message names the full dotted key, the
+value, what was expected, and the file the value came from (or ``command line``).
+
+Numbers: PyYAML follows YAML 1.1, which reads ``1e-3`` as a *string*. The loader used here
+also reads exponent forms without a dot or without an exponent sign (``1e-3``, ``5e4``,
+``1.5e3``) as floats, and the writer quotes strings of that shape so saved files round-trip.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+T = TypeVar("T")
+
+BASE_KEY = "_base_"
+COMMAND_LINE = "command line"
+
+# --------------------------------------------------------------------------------------------
+# Sections
+#
+# Field metadata understood by the validator:
+#   ge / gt / le / lt : numeric bounds (int and float fields)
+#   pattern           : regular expression a str field must fully match
+#   expected          : human-readable description used in the error for ``pattern``
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Dataset and data-loading options."""
+
+    dataset: str = "synthperson"
+    root: str = "data"
+    height: int = field(default=256, metadata={"ge": 1})
+    width: int = field(default=128, metadata={"ge": 1})
+    num_workers: int = field(default=4, metadata={"ge": 0})
+    test_batch_size: int = field(default=128, metadata={"ge": 1})
+    verify_images: bool = False
+    # Extra keyword arguments for the dataset loader (e.g. keep_val_apart).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and embedding head."""
+
+    arch: str = "resnet50"
+    # "imagenet", "none" or a path to a checkpoint file.
+    pretrained: str = "imagenet"
+    last_stride: int = field(default=1, metadata={"ge": 1, "le": 2})
+    pooling: Literal["gem", "avg", "max"] = "gem"
+    gem_p: float = field(default=3.0, metadata={"gt": 0})
+    neck: Literal["bn", "none"] = "bn"
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation options (k-reciprocal re-ranking, CMC length, flip averaging)."""
+
+    rerank: bool = False
+    k1: int = field(default=20, metadata={"ge": 1})
+    k2: int = field(default=6, metadata={"ge": 1})
+    lambda_value: float = field(default=0.3, metadata={"ge": 0, "le": 1})
+    max_rank: int = field(default=50, metadata={"ge": 1})
+    flip: bool = False
+
+
+@dataclass
+class Config:
+    """The whole experiment configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/default"
+    seed: int = 1
+    device: str = field(
+        default="auto",
+        metadata={
+            "pattern": r"auto|cpu|mps|cuda(:[0-9]+)?",
+            "expected": "one of auto, cpu, cuda, cuda:N, mps",
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and provenance
+# --------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """An invalid configuration file, override or value.
+
+    Attributes:
+        key: the full dotted key concerned, or None when the problem is not about one key.
+        source: the file the value came from, ``"command line"``, or None.
+    """
+
+    def __init__(self, message: str, key: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.source = source
+
+
+class _Index(int):
+    """A list position inside a key path (mapping keys may be ints too)."""
+
+
+KeyPath = tuple[Any, ...]  # mapping keys (usually str) and list positions (_Index)
+Sources = dict[KeyPath, str]  # key path -> where the value at that path came from
+
+
+def _format_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, _Index):
+            out += f"[{int(part)}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<config>"
+
+
+def _describe_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _source_of(path: KeyPath, sources: Sources) -> str | None:
+    for end in range(len(path), -1, -1):
+        found = sources.get(tuple(path[:end]))
+        if found is not None:
+            return found
+    return None
+
+
+def _error(path: KeyPath, problem: str, sources: Sources, hint: str = "") -> ConfigError:
+    key = _format_path(path)
+    source = _source_of(path, sources)
+    message = f"{key}: {problem}"
+    if source is not None:
+        message += f" (from {source})"
+    if hint:
+        message += f"; {hint}"
+    return ConfigError(message, key=key, source=source)
+
+
+def _record_sources(tree: Any, source: str, prefix: KeyPath, sources: Sources) -> None:
+    """Mark ``prefix`` and every mapping key below it as coming from ``source``."""
+    sources[prefix] = source
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            _record_sources(value, source, prefix + (key,), sources)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML reading and writing
+# --------------------------------------------------------------------------------------------
+
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_EXTRA_FLOAT = re.compile(
+    r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|[-+]?\.[0-9][0-9_]*[eE][-+]?[0-9]+)$"
+)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3``-style floats and rejects duplicate mapping keys."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                    key_node, yaml.ScalarNode
+                ):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes strings which :class:`_Loader` would read as floats."""
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(_FLOAT_TAG, _EXTRA_FLOAT, list("-+0123456789."))
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+
+
+def _read_yaml_file(path: Path, label: str, included_from: str | None) -> dict[Any, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if included_from is None:
+            raise ConfigError(f"config file not found: '{label}'", source=label) from None
+        raise ConfigError(
+            f"{BASE_KEY}: missing base file '{label}' (from {included_from})",
+            key=BASE_KEY,
+            source=included_from,
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file '{label}': {exc}", source=label) from exc
+    try:
+        data = _parse_yaml(text)
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"invalid YAML in '{label}': {detail}", source=label) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"'{label}' must contain a mapping at the top level, got {_describe_value(data)}",
+            source=label,
+        )
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# Layering: files with _base_, deep merge, overrides
+# --------------------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict[Any, Any], over: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Merge ``over`` into ``base`` in place: mappings key by key, other values replaced."""
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _load_layers(
+    path: Path, label: str, stack: tuple[Path, ...], included_from: str | None
+) -> tuple[dict[Any, Any], Sources]:
+    """Load ``path`` and its bases; returns the merged tree and where each key came from."""
+    resolved = path.resolve()
+    if resolved in stack:
+        cycle = " -> ".join(str(p) for p in stack[stack.index(resolved) :] + (resolved,))
+        raise ConfigError(
+            f"{BASE_KEY}: cycle in base files: {cycle} (from {included_from})",
+            key=BASE_KEY,
+            source=included_from,
+        )
+    data = _read_yaml_file(path, label, included_from)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(
+            f"{BASE_KEY}: expected a path or a list of paths, got {_describe_value(bases)} "
+            f"(from {label})",
+            key=BASE_KEY,
+            source=label,
+        )
+
+    merged: dict[Any, Any] = {}
+    sources: Sources = {}
+    for base in bases:
+        base_path = path.parent / base
+        tree, tree_sources = _load_layers(base_path, str(base_path), stack + (resolved,), label)
+        _deep_merge(merged, tree)
+        # Union is exact for every path present in the merged tree: a path defined by the
+        # later layer takes its source, any other surviving path came from the earlier one.
+        sources.update(tree_sources)
+    _deep_merge(merged, data)
+    for key, value in data.items():
+        _record_sources(value, label, (key,), sources)
+    return merged, sources
+
+
+def _apply_override(tree: dict[Any, Any], sources: Sources, override: str) -> None:
+    if not isinstance(override, str) or "=" not in override:
+        raise ConfigError(
+            f"override {override!r} (from {COMMAND_LINE}): expected the form key.sub=value",
+            source=COMMAND_LINE,
+        )
+    dotted, text = override.split("=", 1)
+    dotted = dotted.strip()
+    parts = dotted.split(".")
+    if not dotted or not all(parts):
+        raise ConfigError(
+            f"override {override!r} (from {COMMAND_LINE}): malformed key {dotted!r}",
+            source=COMMAND_LINE,
+        )
+    try:
+        value = _parse_yaml(text)
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(
+            f"{dotted}: cannot parse value {text!r} as YAML (from {COMMAND_LINE}): {detail}; "
+            "quote it to pass a string",
+            key=dotted,
+            source=COMMAND_LINE,
+        ) from exc
+
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+            sources[tuple(parts[: depth + 1])] = COMMAND_LINE
+        elif not isinstance(child, dict):
+            prefix = tuple(parts[: depth + 1])
+            origin = _source_of(prefix, sources) or "defaults"
+            raise ConfigError(
+                f"{dotted}: cannot set (from {COMMAND_LINE}): '{_format_path(prefix)}' is "
+                f"{_describe_value(child)} (from {origin}), not a section",
+                key=dotted,
+                source=COMMAND_LINE,
+            )
+        node = child
+    last = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        _deep_merge(node[last], value)
+    else:
+        node[last] = value
+    _record_sources(value, COMMAND_LINE, tuple(parts), sources)
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion of plain data into typed dataclasses
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return "Any"
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping (section)"
+    if origin is not None:
+        args = ", ".join("..." if a is Ellipsis else _type_name(a) for a in typing.get_args(tp))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_bounds(value: Any, path: KeyPath, meta: Mapping[str, Any], sources: Sources) -> None:
+    checks = (
+        ("ge", ">=", lambda v, b: v >= b),
+        ("gt", ">", lambda v, b: v > b),
+        ("le", "<=", lambda v, b: v <= b),
+        ("lt", "<", lambda v, b: v < b),
+    )
+    for name, symbol, ok in checks:
+        if name in meta and not ok(value, meta[name]):
+            raise _error(
+                path,
+                f"expected a value {symbol} {meta[name]}, got {_describe_value(value)}",
+                sources,
+            )
+
+
+def _mismatch(path: KeyPath, tp: Any, value: Any, sources: Sources) -> ConfigError:
+    return _error(path, f"expected {_type_name(tp)}, got {_describe_value(value)}", sources)
+
+
+def _convert(
+    value: Any,
+    tp: Any,
+    path: KeyPath,
+    sources: Sources,
+    meta: Mapping[str, Any] | None = None,
+) -> Any:
+    """Check ``value`` against annotation ``tp`` and return it in its typed form."""
+    meta = meta or {}
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    if tp is Any:
+        return copy.deepcopy(value)
+
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _build_dataclass(tp, value, path, sources)
+
+    if origin is Literal:
+        for choice in args:
+            if type(value) is type(choice) and value == choice:
+                return value
+        hint = ""
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [c for c in args if isinstance(c, str)], 1)
+            hint = f"did you mean {close[0]!r}?" if close else ""
+        raise _error(
+            path, f"expected {_type_name(tp)}, got {_describe_value(value)}", sources, hint
+        )
+
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        candidates = [a for a in args if a is not type(None)]
+        if len(candidates) == 1:
+            # A single alternative gives the most precise error message.
+            if value is None:
+                raise _mismatch(path, tp, value, sources)
+            return _convert(value, candidates[0], path, sources, meta)
+        for candidate in candidates:
+            try:
+                return _convert(value, candidate, path, sources, meta)
+            except ConfigError:
+                continue
+        raise _mismatch(path, tp, value, sources)
+
+    if tp is bool:
+        if type(value) is not bool:
+            raise _error(
+                path, f"expected bool (true or false), got {_describe_value(value)}", sources
+            )
+        return value
+
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _mismatch(path, tp, value, sources)
+        _check_bounds(value, path, meta, sources)
+        return int(value)
+
+    if tp is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise _mismatch(path, tp, value, sources)
+        value = float(value)
+        _check_bounds(value, path, meta, sources)
+        return value
+
+    if tp is str:
+        if not isinstance(value, str):
+            raise _mismatch(path, tp, value, sources)
+        pattern = meta.get("pattern")
+        if pattern is not None and re.fullmatch(pattern, value) is None:
+            expected = meta.get("expected", f"a string matching {pattern!r}")
+            raise _error(path, f"expected {expected}, got {_describe_value(value)}", sources)
+        return value
+
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise _mismatch(path, tp, value, sources)
+        key_tp, val_tp = args if args else (Any, Any)
+        out = {}
+        for key, item in value.items():
+            child = path + (key,)
+            if key_tp is not Any:
+                try:
+                    key = _convert(key, key_tp, child, sources)
+                except ConfigError:
+                    raise _error(
+                        child,
+                        f"expected {_type_name(key_tp)} keys, got key {_describe_value(key)}",
+                        sources,
+                    ) from None
+            out[key] = _convert(item, val_tp, child, sources)
+        return out
+
+    if origin in (list, Sequence) or tp in (list, Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise _mismatch(path, tp, value, sources)
+        item_tp = args[0] if args else Any
+        return [
+            _convert(item, item_tp, path + (_Index(i),), sources) for i, item in enumerate(value)
+        ]
+
+    if origin is tuple or tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _mismatch(path, tp, value, sources)
+        if not args:
+            return tuple(copy.deepcopy(value))
+        if len(args) == 2 and args[1] is Ellipsis:
+            item_types = [args[0]] * len(value)
+        else:
+            if len(value) != len(args):
+                raise _error(
+                    path,
+                    f"expected {_type_name(tp)} ({len(args)} items), got "
+                    f"{len(value)} items {_describe_value(value)}",
+                    sources,
+                )
+            item_types = list(args)
+        return tuple(
+            _convert(item, item_tp, path + (_Index(i),), sources)
+            for i, (item, item_tp) in enumerate(zip(value, item_types, strict=True))
+        )
+
+    if isinstance(tp, type):
+        if not isinstance(value, tp):
+            raise _mismatch(path, tp, value, sources)
+        return value
+
+    raise TypeError(f"{_format_path(path)}: unsupported annotation {tp!r} in a config dataclass")
+
+
+def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dataclass tree, sections included."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for fld in dataclasses.fields(cls):
+        if not fld.init:
+            continue
+        dotted = prefix + fld.name
+        out.append(dotted)
+        if dataclasses.is_dataclass(hints[fld.name]):
+            out.extend(_leaf_paths(hints[fld.name], dotted + "."))
+    return out
+
+
+def _suggest(cls: type, key: Any, path: KeyPath) -> str:
+    """The closest known key to an unknown ``key`` (full dotted form), or ""."""
+    if not isinstance(key, str):
+        return ""
+    prefix = _format_path(path) + "." if path else ""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    close = difflib.get_close_matches(key, names, n=1)
+    if close:
+        return prefix + close[0]
+    # A key put in the wrong section, e.g. data.arch -> model.arch.
+    elsewhere = [p for p in _leaf_paths(Config) if p.rsplit(".", 1)[-1] == key]
+    return elsewhere[0] if elsewhere else ""
+
+
+def _build_dataclass(cls: type, value: Any, path: KeyPath, sources: Sources) -> Any:
+    if dataclasses.is_dataclass(value) and isinstance(value, cls):
+        value = config_to_dict(value)
+    if not isinstance(value, Mapping):
+        raise _error(
+            path,
+            f"expected a mapping (section {cls.__name__}), got {_describe_value(value)}",
+            sources,
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in value:
+        if key not in fields:
+            close = _suggest(cls, key, path)
+            hint = f"did you mean '{close}'?" if close else ""
+            if not hint:
+                hint = "known keys: " + ", ".join(fields)
+            raise _error(path + (key,), "unknown key", sources, hint)
+    kwargs = {}
+    for name, fld in fields.items():
+        if name in value:
+            kwargs[name] = _convert(value[name], hints[name], path + (name,), sources, fld.metadata)
+        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+            raise _error(path + (name,), "missing required key", sources)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "dict", cls: type[T] = Config) -> T:
+    """Build a validated config dataclass from a plain nested mapping.
+
+    Args:
+        data: nested mapping of section name -> options; missing keys take their defaults.
+        source: label used in error messages for where the values came from.
+        cls: the dataclass to build, :class:`Config` by default (any config dataclass works,
+            e.g. one section on its own).
+
+    Raises:
+        ConfigError: on unknown keys, wrong types or values outside the allowed choices.
+    """
+    sources: Sources = {}
+    _record_sources(data, source, (), sources)
+    return _build_dataclass(cls, data, (), sources)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (with its ``_base_`` chain), apply overrides and validate.
+
+    Args:
+        path: YAML file to load, or None to start from the dataclass defaults.
+        overrides: ``dotted.key=value`` strings; each value is parsed as YAML.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: for a missing or unreadable file, a missing base, a ``_base_`` cycle,
+            a malformed override, or any invalid key or value.
+    """
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    tree: dict[Any, Any] = {}
+    sources: Sources = {}
+    if path is not None:
+        tree, sources = _load_layers(Path(path), str(path), (), None)
+    for override in overrides:
+        _apply_override(tree, sources, override)
+    return _build_dataclass(Config, tree, (), sources)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return copy.deepcopy(value)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Convert a config dataclass (normally a :class:`Config`) to plain nested dicts.
+
+    Tuples become lists and paths strings, so the result can be dumped as YAML or JSON.
+    """
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"expected a config dataclass instance, got {type(cfg).__name__}")
+    return _to_plain(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved configuration as YAML, atomically.
+
+    The YAML is written to a temporary file in the destination folder, flushed and fsynced,
+    then renamed over ``path``; readers never see a partial file. Parent folders are created.
+    Loading the file with :func:`load_config` gives a config equal to ``cfg``.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "# Resolved robustreid configuration.\n" + yaml.dump(
+        config_to_dict(cfg),
+        Dumper=_Dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+    )
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename on POSIX; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
