@@ -1,0 +1,35 @@
+# Quick start: `make demo` (set-up + the main job on SynthPerson), `make test` (set-up + all tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint install install-test bench clean
+
+# The stamp files are rebuilt when pyproject.toml changes, so `make` keeps .venv up to date.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/robustreid demo --config configs/synthperson.yaml
+
+test: install-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: install-test
+	$(BIN)/ruff check src tests benchmarks scripts
+
+bench: install
+	$(BIN)/python benchmarks/evaluation.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

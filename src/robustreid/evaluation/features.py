@@ -1,0 +1,65 @@
+"""Feature extraction with a model over a list of samples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from robustreid.data.base import Sample
+from robustreid.data.dataset import ImageDataset
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    transform: Callable,
+    *,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    flip: bool = False,
+    progress: bool = False,
+    desc: str = "extract",
+) -> torch.Tensor:
+    """Embed every sample with ``model`` in eval mode.
+
+    Args:
+        model: maps a batch (B, 3, H, W) to features (B, D); it is moved to ``device``
+            and left in eval mode with its previous train/eval state restored afterwards.
+        samples: the images, in order.
+        transform: PIL image -> tensor (3, H, W) (normally the test transform).
+        flip: also embed the horizontally flipped image and average the two.
+
+    Returns:
+        (N, D) float32 tensor on the CPU, rows L2-normalised, in the order of ``samples``.
+    """
+    device = torch.device(device)
+    loader = DataLoader(
+        ImageDataset(samples, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for images, _, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            images = images.to(device, non_blocking=True)
+            feats = model(images).float()
+            if flip:
+                feats = feats + model(torch.flip(images, dims=[3])).float()
+            chunks.append(F.normalize(feats, dim=1).cpu())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("extract_features: no samples given")
+    return torch.cat(chunks)
