@@ -12,6 +12,9 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from robustreid.config import Config, ConfigError, load_config, save_config
 from robustreid.io import atomic_write_text
@@ -60,15 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_arguments(evaluate, "configs/synthperson.yaml")
     evaluate.add_argument(
+        "--checkpoint", default=None,
+        help="a trained checkpoint (best.pth or last.pth); its model settings are used",
+    )
+    evaluate.add_argument("--dataset", default=None, help="data set name (default: data.dataset)")
+    evaluate.add_argument(
         "--features", choices=FEATURE_KINDS, default="model",
         help="'model' (the configured backbone, untrained unless model.pretrained says "
         "otherwise) or a learning-free baseline",
     )
 
+    train = sub.add_parser(
+        "train", help="unsupervised training (extract, cluster, memory, train per epoch)",
+        description="Train an embedding without labels on the configured data set. Outputs "
+        "(config.yaml, train.log, metrics.jsonl, tensorboard/, last.pth, best.pth) go to "
+        "output_dir.",
+    )
+    _add_config_arguments(train, "configs/synthperson.yaml")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from output_dir/last.pth if it exists")
+
     demo = sub.add_parser(
-        "demo", help="generate SynthPerson if missing and run the main job on it",
-        description="Generate SynthPerson under data.root if missing, then evaluate the "
-        "configured backbone on it.",
+        "demo", help="generate SynthPerson if missing and train on it",
+        description="Generate SynthPerson under data.root if missing, then train on it with "
+        "the CPU configuration, printing the test mAP before and after training.",
     )
     _add_config_arguments(demo, "configs/synthperson.yaml")
     return parser
@@ -115,12 +133,26 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_config(cfg: Config, features: str = "model") -> dict[str, float]:
+def build_configured_model(cfg: Config, checkpoint: str | None = None) -> torch.nn.Module:
+    """The model ``cfg.model`` describes, with the weights of ``checkpoint`` if given."""
+    from robustreid.models import build_model
+
+    model = build_model(cfg.model.arch, pretrained="none" if checkpoint else cfg.model.pretrained,
+                        last_stride=cfg.model.last_stride, pooling=cfg.model.pooling,
+                        gem_p=cfg.model.gem_p, neck=cfg.model.neck)
+    if checkpoint:
+        from robustreid.engine.checkpoint import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    return model
+
+
+def evaluate_config(cfg: Config, features: str = "model",
+                    checkpoint: str | None = None) -> dict[str, float]:
     """Evaluate ``features`` (see :data:`FEATURE_KINDS`) on ``cfg.data``; returns the metrics."""
     from robustreid.data import build_dataset
     from robustreid.data.transforms import build_test_transform
     from robustreid.evaluation.evaluate import evaluate_features, evaluate_model
-    from robustreid.models import build_model
     from robustreid.utils import resolve_device, seed_everything
 
     seed_everything(cfg.seed)
@@ -130,16 +162,14 @@ def evaluate_config(cfg: Config, features: str = "model") -> dict[str, float]:
                    lambda_value=cfg.eval.lambda_value, max_rank=cfg.eval.max_rank)
     if features == "model":
         device = resolve_device(cfg.device)
-        model = build_model(cfg.model.arch, pretrained=cfg.model.pretrained,
-                            last_stride=cfg.model.last_stride, pooling=cfg.model.pooling,
-                            gem_p=cfg.model.gem_p, neck=cfg.model.neck).to(device)
+        model = build_configured_model(cfg, checkpoint).to(device)
         result = evaluate_model(
             model, data.query, data.gallery,
             build_test_transform(cfg.data.height, cfg.data.width),
             batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers,
             device=device, flip=cfg.eval.flip, progress=sys.stderr.isatty(), **ranking,
         )
-        label = f"{cfg.model.arch} (pretrained: {cfg.model.pretrained})"
+        label = f"{cfg.model.arch} ({checkpoint or 'pretrained: ' + cfg.model.pretrained})"
     else:
         from robustreid.evaluation import handcrafted
 
@@ -160,11 +190,59 @@ def evaluate_config(cfg: Config, features: str = "model") -> dict[str, float]:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    if args.checkpoint:
+        cfg = _with_checkpoint_model(cfg, args.checkpoint)
+    if args.dataset:
+        cfg.data.dataset = args.dataset
     out = _start_run(cfg, "evaluate")
-    metrics = evaluate_config(cfg, args.features)
+    metrics = evaluate_config(cfg, args.features, args.checkpoint)
     path = out / f"eval_{args.features}.json"
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     logger.info("metrics written to %s", path)
+    return 0
+
+
+def _with_checkpoint_model(cfg: Config, checkpoint: str) -> Config:
+    """``cfg`` with the model and input size a checkpoint was trained with."""
+    from robustreid.config import config_from_dict, config_to_dict
+    from robustreid.engine.checkpoint import load_checkpoint
+
+    trained = load_checkpoint(checkpoint).get("config")
+    if trained is None:
+        return cfg
+    merged = config_to_dict(cfg)
+    merged["model"] = trained["model"]
+    merged["data"]["height"], merged["data"]["width"] = (trained["data"]["height"],
+                                                         trained["data"]["width"])
+    return config_from_dict(merged, source=str(checkpoint))
+
+
+def train_config(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Build data, model and trainer from ``cfg`` and train; returns the last epoch's record."""
+    from robustreid.data import build_dataset
+    from robustreid.engine.trainer import Trainer
+    from robustreid.utils import resolve_device, seed_everything
+
+    seed_everything(cfg.seed)
+    data = build_dataset(cfg.data.dataset, cfg.data.root, verify_images=cfg.data.verify_images,
+                         **cfg.data.options)
+    device = resolve_device(cfg.device)
+    trainer = Trainer(cfg, build_configured_model(cfg), data, device)
+    state = trainer.fit(resume=resume)
+    first, last = state.history[0], state.history[-1]
+    print(f"{cfg.data.dataset}: {cfg.model.arch}, {state.epoch} epochs, outputs in "
+          f"{cfg.output_dir}")
+    print(f"{'':>16} | {'mAP':>7} | {'rank-1':>7}")
+    for name, rec in (("before training", first), ("after training", last)):
+        if "mAP" in rec:
+            print(f"{name:>16} | {100 * rec['mAP']:7.2f} | {100 * rec['rank1']:7.2f}")
+    return last
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    _start_run(cfg, "train")
+    train_config(cfg, resume=args.resume)
     return 0
 
 
@@ -179,14 +257,15 @@ def run_demo(args: argparse.Namespace) -> int:
     if not (target / "bounding_box_train").is_dir():
         logger.info("SynthPerson not found under %s: generating it", target)
         generate_synthperson(target, SynthConfig(seed=0), progress=sys.stderr.isatty())
-    evaluate_config(cfg, "model")
+    train_config(cfg, resume=False)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"synth": run_synth, "evaluate": run_evaluate, "demo": run_demo}
+    handlers = {"synth": run_synth, "evaluate": run_evaluate, "train": run_train,
+                "demo": run_demo}
     try:
         return handlers[args.command](args)
     except (ConfigError, FileExistsError, FileNotFoundError, KeyError, ValueError) as err:

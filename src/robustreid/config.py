@@ -108,12 +108,68 @@ class EvalConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Pseudo-labelling: k-reciprocal Jaccard distance + DBSCAN, run every epoch."""
+
+    eps: float = field(default=0.6, metadata={"gt": 0, "le": 1})
+    min_samples: int = field(default=4, metadata={"ge": 1})
+    k1: int = field(default=30, metadata={"ge": 1})
+    k2: int = field(default=6, metadata={"ge": 1})
+    # exact: faiss flat / torch matmul; approx: faiss IVF/HNSW for very large N.
+    knn: Literal["exact", "approx"] = "exact"
+    # Subtract each camera's mean feature before clustering (against camera bias).
+    camera_normalize: bool = False
+
+
+@dataclass
+class MemoryConfig:
+    """The cluster memory: one prototype per pseudo-identity."""
+
+    temperature: float = field(default=0.05, metadata={"gt": 0})
+    momentum: float = field(default=0.1, metadata={"ge": 0, "le": 1})
+    # Prototype initialisation: mean of members.
+    init: Literal["mean"] = "mean"
+    # Momentum update: every sample (mean) or the least similar sample per class (hard).
+    update: Literal["mean", "hard"] = "mean"
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation schedule and sampling."""
+
+    epochs: int = field(default=50, metadata={"ge": 1})
+    iters: int = field(default=200, metadata={"ge": 1})
+    batch_size: int = field(default=256, metadata={"ge": 2})
+    num_instances: int = field(default=16, metadata={"ge": 1})
+    prefer_cross_camera: bool = True
+    lr: float = field(default=3.5e-4, metadata={"gt": 0})
+    weight_decay: float = field(default=5e-4, metadata={"ge": 0})
+    step_size: int = field(default=20, metadata={"ge": 1})
+    gamma: float = field(default=0.1, metadata={"gt": 0, "le": 1})
+    # Train transforms.
+    flip_p: float = field(default=0.5, metadata={"ge": 0, "le": 1})
+    padding: int = field(default=10, metadata={"ge": 0})
+    erasing_p: float = field(default=0.5, metadata={"ge": 0, "le": 1})
+    # Evaluate every this many epochs (and always after the last); 0 = only at the end.
+    eval_every: int = field(default=10, metadata={"ge": 0})
+    # Mixed precision and channels_last memory format; used on CUDA only.
+    amp: bool = True
+    channels_last: bool = True
+    # Train on the true identities instead of pseudo-labels (the supervised upper bound).
+    supervised: bool = False
+    log_every: int = field(default=50, metadata={"ge": 1})
+
+
+@dataclass
 class Config:
     """The whole experiment configuration."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/default"
     seed: int = 1
     device: str = field(

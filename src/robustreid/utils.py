@@ -27,7 +27,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for but CUDA is not available here")
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available here")
     return resolved
 
 

@@ -1,0 +1,377 @@
+"""The unsupervised training loop: extract -> cluster -> memory -> train, every epoch.
+
+Cluster-level contrastive learning (cluster-contrast): each epoch the current model embeds
+every training image, the embeddings are clustered into pseudo-identities (k-reciprocal
+Jaccard distance + DBSCAN; outliers sit the epoch out), a memory is initialised with one
+prototype per cluster, and the model is trained for a fixed number of P x K iterations with
+an InfoNCE loss of each sample against all prototypes, the prototypes following the samples
+by momentum.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from robustreid.clustering import pseudo_labels
+from robustreid.clustering.camera import camera_normalize
+from robustreid.config import Config, config_to_dict
+from robustreid.data.base import ReIDData, Sample
+from robustreid.data.dataset import ImageDataset
+from robustreid.data.sampler import PseudoIdentitySampler
+from robustreid.data.transforms import build_test_transform, build_train_transform
+from robustreid.engine.checkpoint import load_checkpoint, save_checkpoint
+from robustreid.evaluation.evaluate import evaluate_features
+from robustreid.evaluation.features import extract_features
+from robustreid.evaluation.ranking import RankingResult
+from robustreid.io import atomic_write_text
+from robustreid.memory import ClusterMemory, cluster_means
+
+logger = logging.getLogger(__name__)
+
+_SCHEDULER_ORDER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before")
+
+
+@dataclass
+class EpochLabels:
+    """Pseudo-labels of one epoch: (N,) int64 with -1 for outliers."""
+
+    labels: np.ndarray
+    num_clusters: int
+    num_outliers: int
+
+
+@dataclass
+class TrainState:
+    """Everything that must survive a restart besides model/optimiser/scheduler weights."""
+
+    epoch: int = 0  # number of completed epochs
+    best_map: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs unsupervised (or, with ``cfg.train.supervised``, supervised) training.
+
+    Args:
+        cfg: the resolved configuration (the trainer reads its sections and hands plain
+            values to the algorithms).
+        model: the embedding network, (B, 3, H, W) -> (B, D) L2-normalised.
+        data: train/query/gallery samples.
+        device: where the model runs.
+        on_iteration: optional callback ``(epoch, iteration)`` after every training step (used
+            by tests to interrupt a run).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: nn.Module,
+        data: ReIDData,
+        device: torch.device,
+        on_iteration: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.device = device
+        self.out_dir = Path(cfg.output_dir)
+        self.on_iteration = on_iteration
+        self.cuda = device.type == "cuda"
+        self.model = model.to(device)
+        if self.cuda and cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=cfg.train.step_size, gamma=cfg.train.gamma
+        )
+        self.amp = self.cuda and cfg.train.amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.test_transform = build_test_transform(cfg.data.height, cfg.data.width)
+        self.train_transform = build_train_transform(
+            cfg.data.height, cfg.data.width, flip_p=cfg.train.flip_p,
+            padding=cfg.train.padding, erasing_p=cfg.train.erasing_p,
+        )
+        self.state = TrainState()
+        self._writer = None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False) -> TrainState:
+        """Train for ``cfg.train.epochs`` epochs; with ``resume``, continue from the last
+        checkpoint in the output folder (a fresh start if there is none)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and (self.out_dir / "last.pth").is_file():
+            self._restore(self.out_dir / "last.pth")
+            logger.info("resumed from %s after epoch %d", self.out_dir / "last.pth",
+                        self.state.epoch)
+        elif not self.state.history:
+            result = self.evaluate()
+            self._record({"epoch": 0, **_ranking_metrics(result)})
+            logger.info("before training: mAP %.2f%% rank-1 %.2f%%",
+                        100 * result.mAP, 100 * result.cmc[0])
+        total = self.cfg.train.epochs
+        for epoch in range(self.state.epoch + 1, total + 1):
+            self._seed_epoch(epoch)
+            record = self.train_one_epoch(epoch)
+            with warnings.catch_warnings():
+                # a skipped epoch made no optimiser step; the schedule still follows epochs
+                warnings.filterwarnings("ignore", _SCHEDULER_ORDER_WARNING)
+                self.scheduler.step()
+            last = epoch == total
+            every = self.cfg.train.eval_every
+            if last or (every and epoch % every == 0):
+                start = time.perf_counter()
+                result = self.evaluate()
+                record.update(_ranking_metrics(result), time_eval=time.perf_counter() - start)
+            self.state.epoch = epoch
+            self._record(record)
+            self._log_epoch(record)
+            self._save(record)
+        if self._writer is not None:
+            self._writer.close()
+        return self.state
+
+    def train_one_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch of the method: extract, pseudo-label, initialise memory, train."""
+        record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        start = time.perf_counter()
+        features = self.extract_train_features()
+        record["time_extract"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        epoch_labels = self.assign_labels(features)
+        record.update(time_cluster=time.perf_counter() - start,
+                      clusters=epoch_labels.num_clusters, outliers=epoch_labels.num_outliers)
+        if epoch_labels.num_clusters < 2:
+            logger.warning(
+                "epoch %d skipped: clustering (eps=%s, min_samples=%d) found %d cluster(s) and "
+                "%d outlier(s) among %d samples; at least 2 clusters are needed. If this "
+                "persists, change cluster.eps", epoch, self.cfg.cluster.eps,
+                self.cfg.cluster.min_samples, epoch_labels.num_clusters,
+                epoch_labels.num_outliers, len(epoch_labels.labels),
+            )
+            record["skipped"] = True
+            return record
+
+        memory = self.build_memory(features, epoch_labels)
+        start = time.perf_counter()
+        record["loss"] = self.train_iterations(epoch, epoch_labels, memory)
+        record["time_train"] = time.perf_counter() - start
+        return record
+
+    # ------------------------------------------------------------------ stages
+    def extract_train_features(self) -> torch.Tensor:
+        """(N, D) L2-normalised features of every training image (eval mode, test transform)."""
+        return extract_features(
+            self.model, self.data.train, self.test_transform,
+            batch_size=self.cfg.data.test_batch_size, num_workers=self.cfg.data.num_workers,
+            device=self.device, desc="extract train",
+        )
+
+    def assign_labels(self, features: torch.Tensor) -> EpochLabels:
+        """Pseudo-labels of the training images (or the true ids when supervised)."""
+        if self.cfg.train.supervised:
+            labels = np.array([s.pid for s in self.data.train], dtype=np.int64)
+        else:
+            cl = self.cfg.cluster
+            if cl.camera_normalize:
+                camids = torch.tensor([s.camid for s in self.data.train])
+                features = camera_normalize(features, camids)
+            labels = pseudo_labels(
+                features, eps=cl.eps, min_samples=cl.min_samples, k1=cl.k1, k2=cl.k2,
+                knn_method=cl.knn, device=self.device,
+            )
+        num_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
+        return EpochLabels(labels, num_clusters, int((labels < 0).sum()))
+
+    def build_memory(self, features: torch.Tensor, epoch_labels: EpochLabels) -> ClusterMemory:
+        """A memory with one prototype per cluster, initialised from the cluster members."""
+        mem_cfg = self.cfg.memory
+        memory = ClusterMemory(
+            features.shape[1], epoch_labels.num_clusters, temperature=mem_cfg.temperature,
+            momentum=mem_cfg.momentum, update=mem_cfg.update,
+        ).to(self.device)
+        labels = torch.as_tensor(epoch_labels.labels)
+        memory.init_prototypes(cluster_means(features, labels, epoch_labels.num_clusters))
+        return memory
+
+    def train_iterations(self, epoch: int, epoch_labels: EpochLabels,
+                         memory: ClusterMemory) -> float:
+        """``cfg.train.iters`` P x K steps on the clustered samples; returns the mean loss."""
+        tc = self.cfg.train
+        keep = np.flatnonzero(epoch_labels.labels >= 0)
+        samples = [Sample(self.data.train[i].path, int(epoch_labels.labels[i]),
+                          self.data.train[i].camid) for i in keep]
+        per_batch = min(tc.batch_size // tc.num_instances, epoch_labels.num_clusters)
+        batch_size = per_batch * tc.num_instances
+        if batch_size < tc.batch_size:
+            logger.warning("epoch %d: only %d clusters, batches of %d x %d = %d instead of %d",
+                           epoch, epoch_labels.num_clusters, per_batch, tc.num_instances,
+                           batch_size, tc.batch_size)
+        sampler = PseudoIdentitySampler(
+            [s.pid for s in samples], [s.camid for s in samples],
+            num_instances=tc.num_instances, batch_size=batch_size, num_iterations=tc.iters,
+            seed=self.cfg.seed, prefer_cross_camera=tc.prefer_cross_camera,
+        )
+        sampler.set_epoch(epoch)
+        loader = DataLoader(
+            ImageDataset(samples, self.train_transform), batch_size=batch_size,
+            sampler=sampler, num_workers=self.cfg.data.num_workers, drop_last=True,
+            pin_memory=self.cuda,
+            generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch),
+        )
+        self.model.train()
+        losses = []
+        for it, (images, targets, _, _) in enumerate(loader, start=1):
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            if self.cuda and tc.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                feats = self.model(images)
+            loss = memory(feats.float(), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            memory.update(feats.detach().float(), targets)
+            losses.append(loss.item())
+            if it % tc.log_every == 0:
+                logger.info("epoch %d iter %d/%d loss %.3f", epoch, it, tc.iters,
+                            float(np.mean(losses[-tc.log_every:])))
+            if self.on_iteration is not None:
+                self.on_iteration(epoch, it)
+        return float(np.mean(losses))
+
+    def evaluate(self) -> RankingResult:
+        """Test mAP/CMC of the current model on the query/gallery split."""
+        common = dict(batch_size=self.cfg.data.test_batch_size,
+                      num_workers=self.cfg.data.num_workers, device=self.device,
+                      flip=self.cfg.eval.flip)
+        qf = extract_features(self.model, self.data.query, self.test_transform,
+                              desc="query", **common)
+        gf = extract_features(self.model, self.data.gallery, self.test_transform,
+                              desc="gallery", **common)
+        ev = self.cfg.eval
+        return evaluate_features(qf, gf, self.data.query, self.data.gallery, rerank=ev.rerank,
+                                 k1=ev.k1, k2=ev.k2, lambda_value=ev.lambda_value,
+                                 max_rank=ev.max_rank)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _seed_epoch(self, epoch: int) -> None:
+        """Every random draw of an epoch depends on (seed, epoch) only, so a resumed run
+        repeats the uninterrupted one."""
+        seed = self.cfg.seed * 100_003 + epoch
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _record(self, record: dict[str, Any]) -> None:
+        self.state.history.append(record)
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.state.history)
+        atomic_write_text(self.out_dir / "metrics.jsonl", lines)
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    writer.add_scalar(key, value, record["epoch"])
+            writer.flush()
+
+    def _tensorboard(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but keep training without it
+                logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+                self._writer = False
+                return None
+            self._writer = SummaryWriter(self.out_dir / "tensorboard",
+                                         purge_step=self.state.epoch)
+        return self._writer or None
+
+    def _log_epoch(self, record: dict[str, Any]) -> None:
+        parts = [f"epoch {record['epoch']}/{self.cfg.train.epochs}"]
+        if record.get("skipped"):
+            parts.append("skipped")
+        else:
+            parts.append(f"clusters {record['clusters']} outliers {record['outliers']} "
+                         f"loss {record['loss']:.3f}")
+        if "mAP" in record:
+            parts.append(f"mAP {100 * record['mAP']:.2f}% rank-1 {100 * record['rank1']:.2f}%")
+        times = " ".join(f"{k[5:]} {record[k]:.1f}s" for k in
+                         ("time_extract", "time_cluster", "time_train", "time_eval")
+                         if k in record)
+        logger.info("%s | %s", " | ".join(parts), times)
+
+    def _save(self, record: dict[str, Any]) -> None:
+        payload = {
+            "epoch": self.state.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_map": self.state.best_map,
+            "history": self.state.history,
+            "config": config_to_dict(self.cfg),
+            "rng": _rng_state(),
+        }
+        if "mAP" in record and record["mAP"] > self.state.best_map:
+            self.state.best_map = record["mAP"]
+            payload["best_map"] = self.state.best_map
+            save_checkpoint(self.out_dir / "best.pth", {
+                "epoch": self.state.epoch, "model": payload["model"],
+                "metrics": record, "config": payload["config"],
+            })
+            logger.info("new best mAP %.2f%% at epoch %d, saved %s", 100 * record["mAP"],
+                        self.state.epoch, self.out_dir / "best.pth")
+        save_checkpoint(self.out_dir / "last.pth", payload)
+
+    def _restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainState(epoch=ckpt["epoch"], best_map=ckpt["best_map"],
+                                history=list(ckpt["history"]))
+        _set_rng_state(ckpt["rng"])
+
+
+def _ranking_metrics(result: RankingResult) -> dict[str, float]:
+    return {"mAP": result.mAP, "rank1": float(result.cmc[0]),
+            "rank5": float(result.cmc[min(4, len(result.cmc) - 1)]), "mINP": result.mINP}
+
+
+def _rng_state() -> dict[str, Any]:
+    """Random-generator states as tensors and plain values (safe to load)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
