@@ -1,6 +1,7 @@
 """Regenerate the SynthPerson results table of docs/RESULTS.md.
 
-Usage: python scripts/synthperson_results.py [--data-root data] [--out runs/results] [--only NAME ...]
+Usage: python scripts/synthperson_results.py [--data-root data] [--out runs/results]
+                                              [--only NAME ...]
 
 Runs every variant below on SynthPerson with configs/synthperson.yaml (the same budget for
 every training variant), collects test mAP and rank-1, writes runs/results/results.json and
