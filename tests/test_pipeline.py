@@ -175,3 +175,32 @@ def test_cli_synth_writes_and_refuses_to_overwrite(tmp_path, capsys):
     assert len(build_dataset("synthperson", out).train) > 0
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_rerank_blends_jaccard_and_original_distance():
+    from robustreid.clustering import jaccard_distance
+    from robustreid.evaluation.rerank import k_reciprocal_rerank
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 16))
+    feats = centres.repeat(8, axis=0) + 0.3 * rng.normal(size=(48, 16))
+    feats = torch.nn.functional.normalize(torch.tensor(feats, dtype=torch.float32), dim=1)
+    qf, gf = feats[::4], feats[torch.arange(48) % 4 != 0]
+    stored = jaccard_distance(torch.cat([qf, gf]), k1=6, k2=3).tocoo()
+    jac = np.ones((48, 48))  # unstored pairs are at distance 1
+    jac[stored.row, stored.col] = stored.data
+    only_jaccard = k_reciprocal_rerank(qf, gf, k1=6, k2=3, lambda_value=0.0)
+    np.testing.assert_allclose(only_jaccard, jac[:12, 12:], atol=1e-6)
+    only_original = k_reciprocal_rerank(qf, gf, k1=6, k2=3, lambda_value=1.0)
+    original = (2 - 2 * qf @ gf.T).clamp(min=0).numpy()
+    np.testing.assert_allclose(only_original, original / original.max(axis=0), atol=1e-6)
+    blended = k_reciprocal_rerank(qf, gf, k1=6, k2=3, lambda_value=0.3)
+    np.testing.assert_allclose(blended, 0.7 * only_jaccard + 0.3 * only_original, atol=1e-6)
+    with pytest.raises(ValueError, match="lambda_value"):
+        k_reciprocal_rerank(qf, gf, lambda_value=2.0)
+    # re-ranking must not hurt on clean clusters: every query's best match keeps its id
+    pids = np.arange(48) // 8
+    query = [Sample("q", int(p), 0) for p in pids[::4]]
+    gallery = [Sample("g", int(p), 1) for p in pids[np.arange(48) % 4 != 0]]
+    result = evaluate_features(qf, gf, query, gallery, rerank=True, k1=6, k2=3, max_rank=5)
+    assert result.cmc[0] == 1.0
