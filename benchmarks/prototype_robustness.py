@@ -1,0 +1,214 @@
+"""Robustness of cluster prototypes to pseudo-label noise: mean vs CSA init, mean/hard/HPS updates.
+
+Usage: python benchmarks/prototype_robustness.py [--features file.npz] [--dim 128] [--seed 0]
+
+Features with known identities (synthetic by default; or ``features`` / ``pids`` arrays of an
+``.npz``) get pseudo-labels corrupted the way clustering errs: look-alike identities (closest
+centres) are merged, then boundary samples (largest margin towards another identity's centre)
+are moved to that identity's cluster, until the requested fraction of samples carries a wrong
+pseudo-label (wrong = not the majority identity of its cluster). Per noise rate it prints the
+mean angle (degrees) between each method's prototypes and the true centre of the cluster's
+majority identity (synthetic: the generating centre; ``.npz``: the L2-normalised mean of all the
+identity's samples), and for ``hard`` / HPS the fraction
+of momentum updates made with a mislabeled sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.functional import normalize
+
+from robustreid.method import SAA, csa_prototypes, select_hard_positive_indices, train_saa
+
+MOMENTUM = 0.1
+RATES = (0.0, 0.1, 0.2, 0.3)
+
+
+def synthetic(num_ids: int, dim: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Identities with uneven sizes (8-40), cos(sample, centre) ~ 0.8 (uneven spread), and
+    look-alike pairs (40 % of the identities have a partner whose centre is at cos ~ 0.7).
+
+    Returns features (``N x d``), pids (``N``) and the generating centres (``I x d``)."""
+    centres = normalize(torch.randn(num_ids, dim, generator=gen), dim=1)
+    num_pairs, spread = int(0.2 * num_ids), 1.0
+    for p in range(num_pairs):
+        a, b = 2 * p, 2 * p + 1
+        centres[b] = normalize(
+            centres[a] + spread * normalize(torch.randn(dim, generator=gen), dim=0), dim=0
+        )
+    sizes = torch.randint(8, 41, (num_ids,), generator=gen)
+    pids = torch.repeat_interleave(torch.arange(num_ids), sizes)
+    noise = torch.randn(pids.numel(), dim, generator=gen) / dim**0.5
+    scale = 0.55 + 0.35 * torch.rand(pids.numel(), 1, generator=gen)  # uneven spread
+    return normalize(centres[pids] + scale * noise, dim=1), pids, centres
+
+
+def true_centres(features: Tensor, pids: Tensor) -> Tensor:
+    """``I x d`` L2-normalised mean of each identity's samples."""
+    sums = torch.zeros(int(pids.max()) + 1, features.shape[1]).index_add_(0, pids, features)
+    return normalize(sums, dim=1)
+
+
+def corrupt(features: Tensor, pids: Tensor, centres: Tensor, rate: float) -> Tensor:
+    """Pseudo-labels with a fraction ``rate`` of wrong samples: half by merging look-alikes,
+    the rest by moving boundary samples to the nearest wrong cluster."""
+    labels = pids.clone()
+    target = int(round(rate * pids.numel()))
+    if target == 0:
+        return labels
+    counts = torch.bincount(pids)
+    sims = centres @ centres.T
+    sims.fill_diagonal_(-2.0)
+    wrong = 0
+    merged: set[int] = set()
+    for flat in torch.argsort(sims.flatten(), descending=True).tolist():
+        if wrong >= target // 2:
+            break
+        a, b = divmod(flat, sims.shape[0])
+        if a in merged or b in merged:
+            continue
+        small, big = (a, b) if counts[a] < counts[b] else (b, a)
+        labels[pids == small] = big
+        merged.update((a, b))
+        wrong += int(counts[small])
+    own = (features * centres[pids]).sum(1)
+    other = features @ centres.T
+    other[torch.arange(pids.numel()), pids] = -2.0
+    best_other, nearest = other.max(1)
+    margin = best_other - own
+    clean = labels == pids
+    for i in torch.argsort(margin, descending=True).tolist():
+        if wrong >= target:
+            break
+        if clean[i]:
+            labels[i] = labels[pids == nearest[i]][0]  # the cluster now holding that identity
+            wrong += 1
+    return labels
+
+
+def majority(labels: Tensor, pids: Tensor, num_clusters: int) -> Tensor:
+    """Majority identity of each cluster (``C``)."""
+    table = torch.zeros(num_clusters, int(pids.max()) + 1, dtype=torch.long)
+    table.index_put_((labels, pids), torch.ones_like(labels), accumulate=True)
+    return table.argmax(1)
+
+
+def mean_prototypes(features: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
+    sums = torch.zeros(num_clusters, features.shape[1]).index_add_(0, labels, features)
+    return normalize(sums, dim=1)
+
+
+def angle(protos: Tensor, centres: Tensor) -> float:
+    cos = (normalize(protos, dim=1) * centres).sum(1).clamp(-1, 1)
+    return float(torch.rad2deg(torch.arccos(cos)).mean())
+
+
+def update(memory: Tensor, rows: Tensor, targets: Tensor) -> None:
+    """Reference momentum update: ``c <- normalise(m c + (1 - m) x)`` row by row."""
+    for x, y in zip(rows, targets.tolist(), strict=True):
+        memory[y] = normalize(MOMENTUM * memory[y] + (1 - MOMENTUM) * x, dim=0)
+
+
+def epoch_batches(labels: Tensor, p: int, k: int, gen: torch.Generator) -> list[Tensor]:
+    """P x K batches over a random order of the clusters (K drawn per cluster, with
+    replacement only when the cluster is smaller than K)."""
+    clusters = torch.unique(labels)
+    members = [torch.nonzero(labels == c).squeeze(1) for c in clusters.tolist()]
+    order = torch.randperm(clusters.numel(), generator=gen).tolist()
+    batches = []
+    for s in range(0, len(order) - p + 1, p):
+        rows = []
+        for c in order[s : s + p]:
+            m = members[c]
+            if m.numel() >= k:
+                rows.append(m[torch.randperm(m.numel(), generator=gen)[:k]])
+            else:
+                rows.append(m[torch.randint(m.numel(), (k,), generator=gen)])
+        batches.append(torch.cat(rows))
+    return batches
+
+
+def run_rate(
+    features: Tensor, pids: Tensor, centres: Tensor, rate: float, args: argparse.Namespace
+) -> str:
+    """One output line; ``centres``: ``I x d`` true identity centres."""
+    gen = torch.Generator().manual_seed(args.seed)
+    raw = corrupt(features, pids, centres, rate)
+    _, labels = torch.unique(raw, return_inverse=True)
+    num_c = int(labels.max()) + 1
+    target = centres[majority(labels, pids, num_c)]  # true centre per cluster
+    mislabeled = pids != majority(labels, pids, num_c)[labels]
+    init_mean = mean_prototypes(features, labels, num_c)
+    saa = SAA(features.shape[1], heads=args.heads, head_dim=args.head_dim)
+    train_saa(saa, features, labels, steps=args.steps, lr=args.lr, generator=gen)
+    init_csa = csa_prototypes(saa, features, labels, num_c)
+    memories = {name: init_mean.clone() for name in ("mean", "hard", "hps")}
+    noisy = {"hard": [0, 0], "hps": [0, 0]}
+    for _ in range(args.epochs):
+        for batch in epoch_batches(labels, args.p, args.k, gen):
+            x, y = features[batch], labels[batch]
+            update(memories["mean"], x, y)
+            mem = memories["hard"]  # least similar to its prototype, per class
+            chosen = []
+            for c in torch.unique(y).tolist():
+                rows = torch.nonzero(y == c).squeeze(1)
+                chosen.append(rows[torch.argmin(x[rows] @ mem[c])])
+            hard = torch.stack(chosen)
+            update(mem, x[hard], y[hard])
+            hps, _ = select_hard_positive_indices(
+                saa, x, y, features, labels, batch_indices=batch, generator=gen
+            )
+            update(memories["hps"], x[hps], y[hps])
+            for name, idx in (("hard", hard), ("hps", hps)):
+                noisy[name][0] += int(mislabeled[batch[idx]].sum())
+                noisy[name][1] += idx.numel()
+    return (
+        f"noise={rate:.2f} init_mean={angle(init_mean, target):.2f} "
+        f"init_csa={angle(init_csa, target):.2f} update_mean={angle(memories['mean'], target):.2f} "
+        f"update_hard={angle(memories['hard'], target):.2f} "
+        f"update_hps={angle(memories['hps'], target):.2f} "
+        f"noisy_updates_hard={noisy['hard'][0] / max(1, noisy['hard'][1]):.3f} "
+        f"noisy_updates_hps={noisy['hps'][0] / max(1, noisy['hps'][1]):.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", help=".npz with arrays 'features' (N x d) and 'pids' (N)")
+    parser.add_argument("--ids", type=int, default=200)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no contention)")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--p", type=int, default=16)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    if args.features:
+        data = np.load(args.features)
+        features = normalize(torch.as_tensor(data["features"], dtype=torch.float32), dim=1)
+        _, pids = torch.unique(torch.as_tensor(data["pids"]), return_inverse=True)
+        centres = true_centres(features, pids)  # unknown generator: identity means
+    else:
+        gen = torch.Generator().manual_seed(args.seed)
+        features, pids, centres = synthetic(args.ids, args.dim, gen)
+    start = time.perf_counter()
+    for rate in RATES:
+        print(run_rate(features, pids, centres, rate, args), flush=True)
+    print(
+        f"# {features.shape[0]} samples, d={features.shape[1]}, {time.perf_counter() - start:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
