@@ -30,9 +30,11 @@ BEGIN, END = "<!-- synthperson-results:begin -->", "<!-- synthperson-results:end
 
 # name, what it is, kind (features for evaluate, or "train"), overrides
 VARIANTS = [
-    ("raw_pixels", "raw pixels (learning-free)", "raw_pixels", []),
-    ("color_histogram", "colour histograms (learning-free)", "color_histogram", []),
-    ("untrained", "untrained ResNet-18 (random weights)", "model", []),
+    ("raw_pixels", "raw pixels (learning-free, 128 x 64)", "raw_pixels",
+     ["data.height=128", "data.width=64"]),
+    ("color_histogram", "colour histograms (learning-free, 128 x 64)", "color_histogram",
+     ["data.height=128", "data.width=64"]),
+    ("untrained", "untrained ResNet-18 (random weights, demo input 64 x 32)", "model", []),
     ("baseline_mean", "cluster-contrast baseline, `mean` update", "train",
      ["memory.update=mean"]),
     ("baseline_hard", "cluster-contrast baseline, `hard` update", "train",

@@ -247,7 +247,7 @@ def _evaluate_rows(
     shared[pos_bins] = True
     exact = shared[bins]
     exact[same_r, same_c] = True
-    ex_r, ex_c = np.nonzero(exact)
+    ex_r, ex_c = np.divmod(np.flatnonzero(exact), num_g)  # faster than a 2-D nonzero
     counts -= np.bincount(bins[ex_r, ex_c], minlength=num_b * width)
     # counts now holds only items in bins without positives; all of them are negatives.
     below = np.cumsum(counts) - counts  # items in lower bins (exclusive prefix, flat)
