@@ -30,6 +30,7 @@ from robustreid.evaluation.handcrafted import (
     pairwise_euclidean,
     raw_pixel_features,
 )
+from robustreid.evaluation.ranking import evaluate_ranking
 
 _NAME = re.compile(r"^(-?\d+)_c(\d)")
 
@@ -47,30 +48,9 @@ def parse_dir(folder: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
     return paths, np.asarray(pids), np.asarray(cams)
 
 
-def _evaluate_private(dist: np.ndarray, qp: np.ndarray, gp: np.ndarray, qc: np.ndarray,
-                      gc: np.ndarray) -> tuple[float, float]:
-    """Market-1501 mAP and rank-1 (fallback when the project's ranking is unavailable)."""
-    aps, r1 = [], []
-    for i in range(len(qp)):
-        order = np.argsort(dist[i], kind="stable")
-        keep = ~((gp[order] == qp[i]) & (gc[order] == qc[i]))
-        match = (gp[order] == qp[i])[keep]
-        if not match.any():
-            continue
-        hits = np.cumsum(match)
-        ranks = np.flatnonzero(match)
-        aps.append(float(np.mean(hits[ranks] / (ranks + 1.0))))
-        r1.append(float(match[0]))
-    return float(np.mean(aps)), float(np.mean(r1))
-
-
 def evaluate(dist: np.ndarray, qp: np.ndarray, gp: np.ndarray, qc: np.ndarray,
              gc: np.ndarray) -> tuple[float, float]:
-    """(mAP, rank-1) in [0, 1]."""
-    try:
-        from robustreid.evaluation.ranking import evaluate_ranking
-    except ImportError:
-        return _evaluate_private(dist, qp, gp, qc, gc)
+    """(mAP, rank-1) in [0, 1] with the Market-1501 protocol."""
     res = evaluate_ranking(dist, qp, gp, qc, gc, max_rank=50)
     return float(res.mAP), float(res.cmc[0])
 
