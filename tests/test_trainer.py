@@ -131,3 +131,46 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "none.pth")
+
+
+@pytest.mark.parametrize("init, update", [("csa", "mean"), ("mean", "hps"), ("csa", "hps")])
+def test_method_switches_train_and_resume(tiny_data, tmp_path, init, update):
+    extra = [f"memory.init={init}", f"memory.update={update}", "method.csa_steps=5",
+             "method.csa_clusters_per_step=4", "train.eval_every=0"]
+    full = make_trainer(tiny_config(tmp_path / "full", *extra), tiny_data)
+    full.fit()
+    assert full.saa is not None
+    trained = [r for r in full.state.history[1:] if not r.get("skipped")]
+    assert trained and all(np.isfinite(r["loss"]) for r in trained)
+
+    def kill(epoch, iteration):
+        if (epoch, iteration) == (2, 1):
+            raise Kill
+
+    cfg = tiny_config(tmp_path / "killed", *extra)
+    with pytest.raises(Kill):
+        make_trainer(cfg, tiny_data, on_iteration=kill).fit()
+    resumed = make_trainer(cfg, tiny_data)
+    resumed.fit(resume=True)
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+    for key, value in full.saa.state_dict().items():
+        torch.testing.assert_close(resumed.saa.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_hps_updates_only_with_accepted_members(tiny_data, tmp_path, monkeypatch):
+    calls = []
+    original = trainer_module.select_hard_positives
+
+    def spy(*args, **kwargs):
+        chosen, labels, stats = original(*args, **kwargs)
+        calls.append((chosen.shape[0], labels.unique().numel()))
+        return chosen, labels, stats
+
+    monkeypatch.setattr(trainer_module, "select_hard_positives", spy)
+    cfg = tiny_config(tmp_path / "run", "memory.update=hps", "method.csa_steps=3",
+                      "train.epochs=1", "train.eval_every=0")
+    make_trainer(cfg, tiny_data).fit()
+    assert calls, "HPS was never used"
+    # one update per pseudo-identity of the batch (P = 8 // 4 = 2), never more
+    assert all(rows == distinct and rows <= 2 for rows, distinct in calls)

@@ -127,10 +127,27 @@ class MemoryConfig:
 
     temperature: float = field(default=0.05, metadata={"gt": 0})
     momentum: float = field(default=0.1, metadata={"ge": 0, "le": 1})
-    # Prototype initialisation: mean of members.
-    init: Literal["mean"] = "mean"
-    # Momentum update: every sample (mean) or the least similar sample per class (hard).
-    update: Literal["mean", "hard"] = "mean"
+    # Prototype initialisation: mean of members, or CSA (self-attention aggregation).
+    init: Literal["mean", "csa"] = "mean"
+    # Momentum update: every sample (mean), the least similar sample per class (hard), or
+    # the hardest sample SAA still accepts as a member (hps).
+    update: Literal["mean", "hard", "hps"] = "mean"
+
+
+@dataclass
+class MethodConfig:
+    """SAA / CSA / HPS settings (used when memory.init is csa or memory.update is hps)."""
+
+    saa_heads: int = field(default=2, metadata={"ge": 1})
+    saa_head_dim: int = field(default=16, metadata={"ge": 1})
+    saa_temperature: float = field(default=0.1, metadata={"gt": 0})
+    csa_steps: int = field(default=200, metadata={"ge": 0})
+    csa_clusters_per_step: int = field(default=64, metadata={"ge": 1})
+    csa_lr: float = field(default=1e-3, metadata={"gt": 0})
+    csa_max_members: int = field(default=32, metadata={"ge": 2})
+    hps_accept_ratio: float = field(default=0.5, metadata={"ge": 0})
+    hps_mode: Literal["hardest", "softmax"] = "hardest"
+    hps_temperature: float = field(default=0.1, metadata={"gt": 0})
 
 
 @dataclass
@@ -169,6 +186,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/default"
     seed: int = 1

@@ -39,6 +39,7 @@ from robustreid.evaluation.features import extract_features
 from robustreid.evaluation.ranking import RankingResult
 from robustreid.io import atomic_write_text
 from robustreid.memory import ClusterMemory, cluster_means
+from robustreid.method import SAA, csa_prototypes, select_hard_positives, train_saa
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ class Trainer:
         )
         self.state = TrainState()
         self._writer = None
+        # The self-attention aggregator of CSA/HPS, built at the first epoch that needs it
+        # (its size is the feature dimension) and carried over from epoch to epoch.
+        self.saa: SAA | None = None
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> TrainState:
@@ -168,9 +172,11 @@ class Trainer:
             record["skipped"] = True
             return record
 
-        memory = self.build_memory(features, epoch_labels)
         start = time.perf_counter()
-        record["loss"] = self.train_iterations(epoch, epoch_labels, memory)
+        memory = self.build_memory(features, epoch_labels)
+        record["time_memory"] = time.perf_counter() - start
+        start = time.perf_counter()
+        record["loss"] = self.train_iterations(epoch, epoch_labels, memory, features)
         record["time_train"] = time.perf_counter() - start
         return record
 
@@ -200,19 +206,61 @@ class Trainer:
         return EpochLabels(labels, num_clusters, int((labels < 0).sum()))
 
     def build_memory(self, features: torch.Tensor, epoch_labels: EpochLabels) -> ClusterMemory:
-        """A memory with one prototype per cluster, initialised from the cluster members."""
+        """A memory with one prototype per cluster, initialised from the cluster members:
+        their mean (``memory.init=mean``) or their SAA aggregate (``csa``). SAA is trained on
+        this epoch's features first whenever CSA or HPS needs it."""
         mem_cfg = self.cfg.memory
         memory = ClusterMemory(
             features.shape[1], epoch_labels.num_clusters, temperature=mem_cfg.temperature,
-            momentum=mem_cfg.momentum, update=mem_cfg.update,
+            momentum=mem_cfg.momentum, update="hard" if mem_cfg.update == "hard" else "mean",
         ).to(self.device)
         labels = torch.as_tensor(epoch_labels.labels)
-        memory.init_prototypes(cluster_means(features, labels, epoch_labels.num_clusters))
+        if mem_cfg.init == "csa" or mem_cfg.update == "hps":
+            self.train_aggregator(features, labels)
+        if mem_cfg.init == "csa":
+            prototypes = csa_prototypes(self.saa, features.to(self.device),
+                                        labels.to(self.device), epoch_labels.num_clusters)
+        else:
+            prototypes = cluster_means(features, labels, epoch_labels.num_clusters)
+        memory.init_prototypes(prototypes)
         return memory
 
-    def train_iterations(self, epoch: int, epoch_labels: EpochLabels,
-                         memory: ClusterMemory) -> float:
-        """``cfg.train.iters`` P x K steps on the clustered samples; returns the mean loss."""
+    def train_aggregator(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """CSA: train SAA on the epoch's (frozen) features with the cluster-level
+        leave-one-out contrastive loss; SAA's weights carry over between epochs."""
+        mc = self.cfg.method
+        if self.saa is None:
+            self.saa = SAA(features.shape[1], heads=mc.saa_heads, head_dim=mc.saa_head_dim,
+                           temperature=mc.saa_temperature).to(self.device)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.state.epoch)
+        return train_saa(
+            self.saa, features.to(self.device), labels.to(self.device), steps=mc.csa_steps,
+            clusters_per_step=mc.csa_clusters_per_step, lr=mc.csa_lr,
+            temperature=self.cfg.memory.temperature, max_members=mc.csa_max_members,
+            generator=generator, device=self.device,
+        )
+
+    def update_memory(self, memory: ClusterMemory, feats: torch.Tensor, targets: torch.Tensor,
+                      indices: torch.Tensor, features: torch.Tensor,
+                      labels: torch.Tensor) -> None:
+        """Momentum update after a step: ``mean``/``hard`` inside the memory; ``hps``: per
+        pseudo-identity, the hardest positive that SAA still accepts as a member."""
+        if self.cfg.memory.update != "hps":
+            memory.update(feats, targets)
+            return
+        mc = self.cfg.method
+        chosen, chosen_labels, _ = select_hard_positives(
+            self.saa, feats, targets, features, labels, accept_ratio=mc.hps_accept_ratio,
+            mode=mc.hps_mode, temperature=mc.hps_temperature, batch_indices=indices,
+        )
+        memory.momentum_update(chosen, chosen_labels)
+
+    def train_iterations(self, epoch: int, epoch_labels: EpochLabels, memory: ClusterMemory,
+                         features: torch.Tensor) -> float:
+        """``cfg.train.iters`` P x K steps on the clustered samples; returns the mean loss.
+
+        ``features`` (N, D) are the epoch's extracted features (used by HPS to score batch
+        samples against their cluster's members)."""
         tc = self.cfg.train
         keep = np.flatnonzero(epoch_labels.labels >= 0)
         samples = [Sample(self.data.train[i].path, int(epoch_labels.labels[i]),
@@ -235,9 +283,12 @@ class Trainer:
             pin_memory=self.cuda,
             generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch),
         )
+        keep_t = torch.as_tensor(keep, device=self.device)
+        all_features = features.to(self.device)
+        all_labels = torch.as_tensor(epoch_labels.labels, device=self.device)
         self.model.train()
         losses = []
-        for it, (images, targets, _, _) in enumerate(loader, start=1):
+        for it, (images, targets, _, index) in enumerate(loader, start=1):
             images = images.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             if self.cuda and tc.channels_last:
@@ -249,7 +300,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            memory.update(feats.detach().float(), targets)
+            self.update_memory(memory, feats.detach().float(), targets,
+                               keep_t[index.to(self.device)], all_features, all_labels)
             losses.append(loss.item())
             if it % tc.log_every == 0:
                 logger.info("epoch %d iter %d/%d loss %.3f", epoch, it, tc.iters,
@@ -329,6 +381,7 @@ class Trainer:
             "history": self.state.history,
             "config": config_to_dict(self.cfg),
             "rng": _rng_state(),
+            "saa": None if self.saa is None else self.saa.state_dict(),
         }
         if "mAP" in record and record["mAP"] > self.state.best_map:
             self.state.best_map = record["mAP"]
@@ -349,6 +402,12 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(epoch=ckpt["epoch"], best_map=ckpt["best_map"],
                                 history=list(ckpt["history"]))
+        if ckpt.get("saa") is not None:
+            mc = self.cfg.method
+            self.saa = SAA(ckpt["saa"]["qk"].shape[0], heads=mc.saa_heads,
+                           head_dim=mc.saa_head_dim, temperature=mc.saa_temperature)
+            self.saa.load_state_dict(ckpt["saa"])
+            self.saa.to(self.device)
         _set_rng_state(ckpt["rng"])
 
 
