@@ -216,7 +216,7 @@ class CameraProfile:
     Attributes:
         index: 0-based camera index.
         gains: per-channel RGB multipliers (illumination colour).
-        brightness: global multiplier.
+        brightness: overall multiplier.
         saturation: 1 = unchanged, < 1 = washed out.
         light_gradient: vertical brightness change from top to bottom (fraction).
         background: background texture type (one of ``BACKGROUNDS``).

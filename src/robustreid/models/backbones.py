@@ -107,7 +107,7 @@ def resnet50_ibn_a(pretrained: str = "none", last_stride: int = 1) -> tuple[nn.M
 
 
 class ReIDModel(nn.Module):
-    """Trunk + global pooling + optional BN neck, returning L2-normalised embeddings.
+    """Trunk + spatial pooling + optional BN neck, returning L2-normalised embeddings.
 
     Args:
         backbone: maps B x 3 x H x W to B x C x h x w.

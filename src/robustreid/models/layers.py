@@ -52,7 +52,7 @@ class GlobalMaxPooling(nn.Module):
 
 
 def build_pooling(name: str = "gem", p: float = 3.0) -> nn.Module:
-    """Build a global pooling layer mapping B x C x h x w to B x C.
+    """Build a spatial pooling layer mapping B x C x h x w to B x C.
 
     Args:
         name: ``"gem"`` (learnable generalized mean), ``"avg"`` or ``"max"``.
