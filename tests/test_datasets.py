@@ -326,7 +326,7 @@ def test_unknown_dataset_lists_known_ones(tmp_path: Path) -> None:
 
 def test_unknown_option_is_rejected(tmp_path: Path) -> None:
     make_market(tmp_path)
-    with pytest.raises(TypeError, match="keep_val_appart.*accepted options: verify_images"):
+    with pytest.raises(DatasetError, match="keep_val_appart.*accepted options: verify_images"):
         build_dataset("market1501", tmp_path, keep_val_appart=True)
 
 

@@ -367,11 +367,12 @@ def read_folder_split(
 
 
 def check_options(dataset: str, options: Mapping[str, object], accepted: Iterable[str]) -> None:
-    """Raise TypeError for reader options the reader does not know (catches typos)."""
+    """Raise DatasetError for reader options the reader does not know (catches typos in
+    ``data.options``)."""
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         known = ", ".join(["verify_images", *sorted(accepted)])
-        raise TypeError(
+        raise DatasetError(
             f"dataset {dataset!r} got unknown option(s) {', '.join(unknown)}; "
             f"accepted options: {known}"
         )
