@@ -146,8 +146,9 @@ class Trainer:
             self._record(record)
             self._log_epoch(record)
             self._save(record)
-        if self._writer is not None:
+        if self._writer:
             self._writer.close()
+        self._writer = None
         return self.state
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
