@@ -34,7 +34,7 @@ from robustreid.data.dataset import ImageDataset
 from robustreid.data.sampler import PseudoIdentitySampler
 from robustreid.data.transforms import build_test_transform, build_train_transform
 from robustreid.engine.checkpoint import load_checkpoint, save_checkpoint
-from robustreid.evaluation.evaluate import evaluate_features
+from robustreid.evaluation.evaluate import evaluate_model
 from robustreid.evaluation.features import extract_features
 from robustreid.evaluation.ranking import RankingResult
 from robustreid.io import atomic_write_text
@@ -313,17 +313,13 @@ class Trainer:
 
     def evaluate(self) -> RankingResult:
         """Test mAP/CMC of the current model on the query/gallery split."""
-        common = dict(batch_size=self.cfg.data.test_batch_size,
-                      num_workers=self.cfg.data.num_workers, device=self.device,
-                      flip=self.cfg.eval.flip)
-        qf = extract_features(self.model, self.data.query, self.test_transform,
-                              desc="query", **common)
-        gf = extract_features(self.model, self.data.gallery, self.test_transform,
-                              desc="gallery", **common)
         ev = self.cfg.eval
-        return evaluate_features(qf, gf, self.data.query, self.data.gallery, rerank=ev.rerank,
-                                 k1=ev.k1, k2=ev.k2, lambda_value=ev.lambda_value,
-                                 max_rank=ev.max_rank)
+        return evaluate_model(
+            self.model, self.data.query, self.data.gallery, self.test_transform,
+            batch_size=self.cfg.data.test_batch_size, num_workers=self.cfg.data.num_workers,
+            device=self.device, flip=ev.flip, rerank=ev.rerank, k1=ev.k1, k2=ev.k2,
+            lambda_value=ev.lambda_value, max_rank=ev.max_rank,
+        )
 
     # ------------------------------------------------------------------ bookkeeping
     def _seed_epoch(self, epoch: int) -> None:
