@@ -133,23 +133,26 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_configured_model(cfg: Config, checkpoint: str | None = None) -> torch.nn.Module:
-    """The model ``cfg.model`` describes, with the weights of ``checkpoint`` if given."""
+def build_configured_model(cfg: Config,
+                           state_dict: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The model ``cfg.model`` describes, with ``state_dict`` (trained weights) if given."""
     from robustreid.models import build_model
 
-    model = build_model(cfg.model.arch, pretrained="none" if checkpoint else cfg.model.pretrained,
+    pretrained = "none" if state_dict is not None else cfg.model.pretrained
+    model = build_model(cfg.model.arch, pretrained=pretrained,
                         last_stride=cfg.model.last_stride, pooling=cfg.model.pooling,
                         gem_p=cfg.model.gem_p, neck=cfg.model.neck)
-    if checkpoint:
-        from robustreid.engine.checkpoint import load_checkpoint
-
-        model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
     return model
 
 
-def evaluate_config(cfg: Config, features: str = "model",
-                    checkpoint: str | None = None) -> dict[str, float]:
-    """Evaluate ``features`` (see :data:`FEATURE_KINDS`) on ``cfg.data``; returns the metrics."""
+def evaluate_config(cfg: Config, features: str = "model", checkpoint: str | None = None,
+                    state_dict: dict[str, Any] | None = None) -> dict[str, float]:
+    """Evaluate ``features`` (see :data:`FEATURE_KINDS`) on ``cfg.data``; returns the metrics.
+
+    ``state_dict`` holds trained weights for the model (``checkpoint`` names their file in
+    the printed label)."""
     from robustreid.data import build_dataset
     from robustreid.data.transforms import build_test_transform
     from robustreid.evaluation.evaluate import evaluate_features, evaluate_model
@@ -162,7 +165,7 @@ def evaluate_config(cfg: Config, features: str = "model",
                    lambda_value=cfg.eval.lambda_value, max_rank=cfg.eval.max_rank)
     if features == "model":
         device = resolve_device(cfg.device)
-        model = build_configured_model(cfg, checkpoint).to(device)
+        model = build_configured_model(cfg, state_dict).to(device)
         result = evaluate_model(
             model, data.query, data.gallery,
             build_test_transform(cfg.data.height, cfg.data.width),
@@ -190,24 +193,28 @@ def evaluate_config(cfg: Config, features: str = "model",
 
 def run_evaluate(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    state_dict = None
     if args.checkpoint:
-        cfg = _with_checkpoint_model(cfg, args.checkpoint)
+        from robustreid.engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.checkpoint)
+        cfg = _with_checkpoint_model(cfg, ckpt, args.checkpoint)
+        state_dict = ckpt["model"]
     if args.dataset:
         cfg.data.dataset = args.dataset
     out = _start_run(cfg, "evaluate")
-    metrics = evaluate_config(cfg, args.features, args.checkpoint)
+    metrics = evaluate_config(cfg, args.features, args.checkpoint, state_dict)
     path = out / f"eval_{args.features}.json"
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     logger.info("metrics written to %s", path)
     return 0
 
 
-def _with_checkpoint_model(cfg: Config, checkpoint: str) -> Config:
-    """``cfg`` with the model and input size a checkpoint was trained with."""
+def _with_checkpoint_model(cfg: Config, ckpt: dict[str, Any], checkpoint: str) -> Config:
+    """``cfg`` with the model and input size the checkpoint ``ckpt`` was trained with."""
     from robustreid.config import config_from_dict, config_to_dict
-    from robustreid.engine.checkpoint import load_checkpoint
 
-    trained = load_checkpoint(checkpoint).get("config")
+    trained = ckpt.get("config")
     if trained is None:
         return cfg
     merged = config_to_dict(cfg)
