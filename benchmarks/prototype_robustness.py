@@ -145,7 +145,8 @@ def run_rate(
     mislabeled = pids != majority(labels, pids, num_c)[labels]
     init_mean = mean_prototypes(features, labels, num_c)
     saa = SAA(features.shape[1], heads=args.heads, head_dim=args.head_dim)
-    train_saa(saa, features, labels, steps=args.steps, lr=args.lr, generator=gen)
+    train_saa(saa, features, labels, steps=args.steps, lr=args.lr, generator=gen,
+              agreement_temperature=args.agreement_temperature)
     init_csa = csa_prototypes(saa, features, labels, num_c)
     memories = {name: init_mean.clone() for name in ("mean", "hard", "hps")}
     noisy = {"hard": [0, 0], "hps": [0, 0]}
@@ -187,6 +188,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no contention)")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--agreement-temperature", type=float, default=0.02,
+                        help="self-paced CSA loss (0 = every member weighs the same)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--p", type=int, default=16)
     parser.add_argument("--k", type=int, default=8)

@@ -177,33 +177,38 @@ def _noisy_problem(
     return feats, labels, pids, centres
 
 
-def test_train_saa_lowers_loss_and_beats_mean() -> None:
-    # averaged over 5 problems: single problems are not all won (4 of these 5 are)
-    errs_csa, errs_mean = [], []
+def _train_on_noisy_problem(seed: int, **kwargs) -> tuple[SAA, dict[str, float], float]:
+    """Train an SAA on one noisy problem; returns it, its stats and the ratio of the CSA
+    prototypes' mean distance (1 - cos) to the true centres over the plain means'."""
+    gen = torch.Generator().manual_seed(seed)
+    feats, labels, _, centres = _noisy_problem(gen)
+    torch.manual_seed(0)
+    saa = SAA(D, heads=2, head_dim=8)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: 2 threads only add contention on a shared CPU
     try:
-        _train_and_measure(errs_csa, errs_mean)
+        stats = train_saa(saa, feats, labels, steps=150, clusters_per_step=8, generator=gen,
+                          **kwargs)
+        protos = csa_prototypes(saa, feats, labels, 30)
     finally:
         torch.set_num_threads(threads)
-    assert sum(errs_csa) < 0.9 * sum(errs_mean)
+    means = normalize(torch.zeros(30, D).index_add_(0, labels, feats), dim=1)
+    ratio = float((1 - (protos * centres).sum(1)).mean() / (1 - (means * centres).sum(1)).mean())
+    return saa, stats, ratio
 
 
-def _train_and_measure(errs_csa: list[float], errs_mean: list[float]) -> None:
-    for seed in range(7, 12):
-        gen = torch.Generator().manual_seed(seed)
-        feats, labels, _, centres = _noisy_problem(gen)
-        torch.manual_seed(0)
-        saa = SAA(D, heads=2, head_dim=8)
-        stats = train_saa(
-            saa, feats, labels, steps=150, clusters_per_step=8, lr=1e-2, generator=gen
-        )
-        assert stats["final_loss"] < stats["initial_loss"]
-        assert bool((saa.gain > 0).all())  # learned to favour similar members
-        protos = csa_prototypes(saa, feats, labels, 30)
-        means = normalize(torch.zeros(30, D).index_add_(0, labels, feats), dim=1)
-        errs_csa.append(float((1 - (protos * centres).sum(1)).mean()))
-        errs_mean.append(float((1 - (means * centres).sum(1)).mean()))
+def test_train_saa_lowers_loss() -> None:
+    # unweighted loss, so the objective is the same at the start and at the end; most of it
+    # is the planted intruders' (irreducible), so the decrease is small but must be there
+    _, stats, _ = _train_on_noisy_problem(0, agreement_temperature=0.0, lr=1e-2)
+    assert stats["final_loss"] < stats["initial_loss"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_csa_prototypes_beat_means_under_label_noise(seed: int) -> None:
+    saa, _, ratio = _train_on_noisy_problem(seed)  # default settings
+    assert bool((saa.gain.detach() > 0).all())  # learned to favour similar members
+    assert ratio < 0.8  # CSA's prototypes at least 20 % closer to the true centres
 
 
 def test_csa_prototypes_chunking_and_empty_rows() -> None:

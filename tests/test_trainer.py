@@ -120,7 +120,7 @@ def test_single_cluster_epoch_is_skipped_with_warning(tiny_data, tmp_path, caplo
 def test_supervised_mode_uses_true_ids(tiny_data, tmp_path):
     cfg = tiny_config(tmp_path / "run", "train.epochs=1", "train.supervised=true")
     trainer = make_trainer(cfg, tiny_data)
-    labels = trainer.assign_labels(torch.zeros(len(tiny_data.train), 4))
+    labels = trainer.assign_labels(torch.zeros(len(tiny_data.train), 4), epoch=1)
     assert labels.num_clusters == tiny_data.num_train_pids and labels.num_outliers == 0
 
 

@@ -119,6 +119,9 @@ class ClusterConfig:
     knn: Literal["exact", "approx"] = "exact"
     # Subtract each camera's mean feature before clustering (against camera bias).
     camera_normalize: bool = False
+    # Instance-discrimination warm-up: for the first N epochs every training image is its own
+    # pseudo-identity (no clustering), for networks that start without useful features.
+    warmup_epochs: int = field(default=0, metadata={"ge": 0})
 
 
 @dataclass
@@ -145,6 +148,9 @@ class MethodConfig:
     csa_clusters_per_step: int = field(default=64, metadata={"ge": 1})
     csa_lr: float = field(default=1e-3, metadata={"gt": 0})
     csa_max_members: int = field(default=32, metadata={"ge": 2})
+    # Self-paced CSA loss: members weighted by softmax(LOO cosine / T) within their cluster
+    # (0 = every member equally).
+    csa_agreement_temperature: float = field(default=0.02, metadata={"ge": 0})
     hps_accept_ratio: float = field(default=0.5, metadata={"ge": 0})
     hps_mode: Literal["hardest", "softmax"] = "hardest"
     hps_temperature: float = field(default=0.1, metadata={"gt": 0})

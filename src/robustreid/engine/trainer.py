@@ -53,6 +53,9 @@ class EpochLabels:
     labels: np.ndarray
     num_clusters: int
     num_outliers: int
+    # True in an instance-discrimination warm-up epoch: every sample is its own class, so
+    # the memory is plain (mean initialisation and update; CSA/HPS need real clusters).
+    instance: bool = False
 
 
 @dataclass
@@ -159,7 +162,7 @@ class Trainer:
         record["time_extract"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        epoch_labels = self.assign_labels(features)
+        epoch_labels = self.assign_labels(features, epoch)
         record.update(time_cluster=time.perf_counter() - start,
                       clusters=epoch_labels.num_clusters, outliers=epoch_labels.num_outliers)
         if epoch_labels.num_clusters < 2:
@@ -190,8 +193,12 @@ class Trainer:
             device=self.device, desc="extract train",
         )
 
-    def assign_labels(self, features: torch.Tensor) -> EpochLabels:
-        """Pseudo-labels of the training images (or the true ids when supervised)."""
+    def assign_labels(self, features: torch.Tensor, epoch: int) -> EpochLabels:
+        """Pseudo-labels of the training images for ``epoch`` (1-based): the true ids when
+        supervised, one class per image during the instance warm-up, else the clustering."""
+        if not self.cfg.train.supervised and epoch <= self.cfg.cluster.warmup_epochs:
+            n = len(features)
+            return EpochLabels(np.arange(n, dtype=np.int64), n, 0, instance=True)
         if self.cfg.train.supervised:
             labels = np.array([s.pid for s in self.data.train], dtype=np.int64)
         else:
@@ -211,14 +218,15 @@ class Trainer:
         their mean (``memory.init=mean``) or their SAA aggregate (``csa``). SAA is trained on
         this epoch's features first whenever CSA or HPS needs it."""
         mem_cfg = self.cfg.memory
+        init, update = self._memory_modes(epoch_labels)
         memory = ClusterMemory(
             features.shape[1], epoch_labels.num_clusters, temperature=mem_cfg.temperature,
-            momentum=mem_cfg.momentum, update="hard" if mem_cfg.update == "hard" else "mean",
+            momentum=mem_cfg.momentum, update="hard" if update == "hard" else "mean",
         ).to(self.device)
         labels = torch.as_tensor(epoch_labels.labels)
-        if mem_cfg.init == "csa" or mem_cfg.update == "hps":
+        if init == "csa" or update == "hps":
             self.train_aggregator(features, labels)
-        if mem_cfg.init == "csa":
+        if init == "csa":
             prototypes = csa_prototypes(self.saa, features.to(self.device),
                                         labels.to(self.device), epoch_labels.num_clusters)
         else:
@@ -238,15 +246,24 @@ class Trainer:
             self.saa, features.to(self.device), labels.to(self.device), steps=mc.csa_steps,
             clusters_per_step=mc.csa_clusters_per_step, lr=mc.csa_lr,
             temperature=self.cfg.memory.temperature, max_members=mc.csa_max_members,
+            agreement_temperature=mc.csa_agreement_temperature,
             generator=generator, device=self.device,
         )
 
+    def _memory_modes(self, epoch_labels: EpochLabels) -> tuple[str, str]:
+        """(init, update) modes for this epoch: the configured ones, plain ``mean`` in an
+        instance warm-up epoch (single-member classes have nothing to aggregate or rank)."""
+        if epoch_labels.instance:
+            return "mean", "mean"
+        return self.cfg.memory.init, self.cfg.memory.update
+
     def update_memory(self, memory: ClusterMemory, feats: torch.Tensor, targets: torch.Tensor,
                       indices: torch.Tensor, features: torch.Tensor,
-                      labels: torch.Tensor) -> None:
-        """Momentum update after a step: ``mean``/``hard`` inside the memory; ``hps``: per
-        pseudo-identity, the hardest positive that SAA still accepts as a member."""
-        if self.cfg.memory.update != "hps":
+                      labels: torch.Tensor, mode: str = "mean") -> None:
+        """Momentum update after a step with ``mode``: ``mean``/``hard`` inside the memory
+        (its own mode); ``hps``: per pseudo-identity, the hardest positive that SAA still
+        accepts as a member."""
+        if mode != "hps":
             memory.update(feats, targets)
             return
         mc = self.cfg.method
@@ -284,6 +301,7 @@ class Trainer:
             pin_memory=self.cuda,
             generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch),
         )
+        _, update_mode = self._memory_modes(epoch_labels)
         keep_t = torch.as_tensor(keep, device=self.device)
         all_features = features.to(self.device)
         all_labels = torch.as_tensor(epoch_labels.labels, device=self.device)
@@ -302,7 +320,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.update_memory(memory, feats.detach().float(), targets,
-                               keep_t[index.to(self.device)], all_features, all_labels)
+                               keep_t[index.to(self.device)], all_features, all_labels,
+                               mode=update_mode)
             losses.append(loss.item())
             if it % tc.log_every == 0:
                 logger.info("epoch %d iter %d/%d loss %.3f", epoch, it, tc.iters,

@@ -101,6 +101,7 @@ def train_saa(
     device: torch.device | str | None = None,
     num_negatives: int = 32,
     robust_q: float = 0.7,
+    agreement_temperature: float = 0.02,
 ) -> dict[str, float]:
     """Train ``saa`` in place with the cluster-level leave-one-out contrastive loss.
 
@@ -120,6 +121,11 @@ def train_saa(
         robust_q: 0 = cross-entropy; ``q > 0`` (default 0.7) = generalised cross-entropy
             ``(1 - p^q) / q`` of the same softmax (noise-robust; ``q = 1`` is MAE). Plain CE let
             the mislabeled members dominate the gradient (see ``docs/method.md``).
+        agreement_temperature: ``T > 0`` (default 0.02) weights member ``j``'s loss by
+            ``n_c * softmax_j(cos(x_j, p_{c,-j}) / T)`` (detached), so the members that agree
+            with the rest of their cluster drive the training and the mislabeled ones, which
+            agree with no one, barely count; 0 = every member weighs the same. Without it,
+            training learned to favour the hard (often mislabeled) members.
 
     Returns:
         Stats: ``initial_loss`` / ``final_loss`` (mean loss over the first / last pass over the
@@ -197,7 +203,13 @@ def train_saa(
             per_member = (1.0 - torch.exp(robust_q * log_p)) / robust_q
         else:
             per_member = -log_p
-        loss = per_member[m].mean()
+        if agreement_temperature > 0:
+            # self-paced: members that agree with the rest of their cluster weigh more
+            w = (pos.detach() / agreement_temperature).masked_fill(~m, -float("inf"))
+            w = torch.softmax(w, dim=-1) * m.sum(-1, keepdim=True)
+            loss = (per_member * w)[m].mean()
+        else:
+            loss = per_member[m].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
