@@ -124,6 +124,31 @@ def test_supervised_mode_uses_true_ids(tiny_data, tmp_path):
     assert labels.num_clusters == tiny_data.num_train_pids and labels.num_outliers == 0
 
 
+def test_instance_warmup_then_clustering(tiny_data, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_clustering(features, **kwargs):
+        calls.append(len(features))
+        return np.arange(len(features), dtype=np.int64) % 3
+
+    monkeypatch.setattr(trainer_module, "pseudo_labels", fake_clustering)
+    cfg = tiny_config(tmp_path / "run", "train.epochs=2", "cluster.warmup_epochs=1",
+                      "memory.init=csa", "memory.update=hps", "method.csa_steps=2",
+                      "train.eval_every=0")
+    trainer = make_trainer(cfg, tiny_data)
+    n = len(tiny_data.train)
+    warm = trainer.assign_labels(torch.zeros(n, 4), epoch=1)
+    assert warm.instance and warm.num_clusters == n and warm.num_outliers == 0
+    assert np.array_equal(warm.labels, np.arange(n)) and calls == []
+    assert trainer._memory_modes(warm) == ("mean", "mean")  # no SAA on singletons
+    later = trainer.assign_labels(torch.zeros(n, 4), epoch=2)
+    assert not later.instance and later.num_clusters == 3 and calls == [n]
+    assert trainer._memory_modes(later) == ("csa", "hps")
+    state = trainer.fit()
+    assert [r["clusters"] for r in state.history[1:]] == [n, 3]
+    assert trainer.saa is not None  # trained in epoch 2 only
+
+
 def test_bad_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "last.pth"
     bad.write_bytes(b"garbage")
