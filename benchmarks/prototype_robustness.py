@@ -8,8 +8,9 @@ centres) are merged, then boundary samples (largest margin towards another ident
 are moved to that identity's cluster, until the requested fraction of samples carries a wrong
 pseudo-label (wrong = not the majority identity of its cluster). Per noise rate it prints the
 mean angle (degrees) between each method's prototypes and the true centre of the cluster's
-majority identity (synthetic: the generating centre; ``.npz``: the L2-normalised mean of all the
-identity's samples), and for ``hard`` / HPS the fraction
+majority identity (synthetic: the generating centre; ``.npz``: the L2-normalised mean of a
+held-out half of the identity's samples, see :func:`held_out_split`), and for ``hard`` / HPS
+the fraction
 of momentum updates made with a mislabeled sample.
 """
 
@@ -52,6 +53,29 @@ def true_centres(features: Tensor, pids: Tensor) -> Tensor:
     """``I x d`` L2-normalised mean of each identity's samples."""
     sums = torch.zeros(int(pids.max()) + 1, features.shape[1]).index_add_(0, pids, features)
     return normalize(sums, dim=1)
+
+
+def held_out_split(features: Tensor, pids: Tensor,
+                   gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Split every identity's samples at random into two halves (identities with fewer than
+    two samples are dropped): the prototypes are built from the first half, and the target is
+    the L2-normalised mean of the second, an estimate of the true centre that no method saw
+    (the mean of the very samples a prototype is built from would favour the plain mean).
+
+    Returns features (``N_a x d``) and pids (``N_a``, renamed ``0..I-1``) of the first half,
+    and the ``I x d`` centres of the second."""
+    order = torch.randperm(len(pids), generator=gen)
+    order = order[torch.argsort(pids[order], stable=True)]  # random order within identity
+    sorted_pids = pids[order]
+    counts = torch.bincount(sorted_pids)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(pids)) - starts[sorted_pids]
+    first = rank < counts[sorted_pids] // 2
+    keep = counts[sorted_pids] >= 2
+    a, b = order[first & keep], order[~first & keep]
+    _, pids_a = torch.unique(pids[a], return_inverse=True)
+    _, pids_b = torch.unique(pids[b], return_inverse=True)
+    return features[a], pids_a, true_centres(features[b], pids_b)
 
 
 def corrupt(features: Tensor, pids: Tensor, centres: Tensor, rate: float) -> Tensor:
@@ -181,6 +205,9 @@ def run_rate(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", help=".npz with arrays 'features' (N x d) and 'pids' (N)")
+    parser.add_argument("--target", choices=("heldout", "insample"), default="heldout",
+                        help="with --features: true centre = mean of a held-out half of each "
+                        "identity (default) or of all its samples")
     parser.add_argument("--ids", type=int, default=200)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--heads", type=int, default=2)
@@ -201,7 +228,11 @@ def main() -> None:
         data = np.load(args.features)
         features = normalize(torch.as_tensor(data["features"], dtype=torch.float32), dim=1)
         _, pids = torch.unique(torch.as_tensor(data["pids"]), return_inverse=True)
-        centres = true_centres(features, pids)  # unknown generator: identity means
+        if args.target == "heldout":
+            gen = torch.Generator().manual_seed(args.seed)
+            features, pids, centres = held_out_split(features, pids, gen)
+        else:
+            centres = true_centres(features, pids)  # favours the plain mean by construction
     else:
         gen = torch.Generator().manual_seed(args.seed)
         features, pids, centres = synthetic(args.ids, args.dim, gen)

@@ -1,12 +1,19 @@
-"""Regenerate the SynthPerson results table of docs/RESULTS.md.
+"""Regenerate the SynthPerson results of docs/RESULTS.md: floors, baselines and the ablation.
 
 Usage: python scripts/synthperson_results.py [--data-root data] [--out runs/results]
-                                              [--only NAME ...]
+                                              [--only NAME ...] [--seeds 1 2 3] [--force]
 
-Runs every variant below on SynthPerson with configs/synthperson.yaml (the same budget for
-every training variant), collects test mAP and rank-1, writes runs/results/results.json and
-replaces the block between the markers in docs/RESULTS.md. Each variant is also reproducible
-alone with the command printed next to it.
+Runs every variant below on SynthPerson with configs/synthperson.yaml (the same backbone and
+budget for every training variant; the ablation variants once per seed), collects test mAP
+and rank-1, and writes:
+
+* ``runs/results/results.json`` after every run: an interrupted script picks up where it
+  stopped (finished runs are skipped unless ``--force``);
+* the block between the markers in docs/RESULTS.md: mean and standard deviation over seeds;
+* ``docs/ablation_map.png``: test mAP per evaluated epoch of the five ablation variants
+  (mean over seeds, shaded band = min..max).
+
+Each run is also reproducible alone with the command printed next to it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -27,20 +35,27 @@ from robustreid.utils import setup_logging
 
 CONFIG = "configs/synthperson.yaml"
 BEGIN, END = "<!-- synthperson-results:begin -->", "<!-- synthperson-results:end -->"
+ABLATION_EVAL = ["train.eval_every=2"]  # a curve point every 2 epochs for the plot
 
-# name, what it is, kind (features for evaluate, or "train"), overrides
+# name, what it is, kind (features for evaluate, or "train"), overrides, ablation variant?
 VARIANTS = [
     ("raw_pixels", "raw pixels (learning-free, 128 x 64)", "raw_pixels",
-     ["data.height=128", "data.width=64"]),
+     ["data.height=128", "data.width=64"], False),
     ("color_histogram", "colour histograms (learning-free, 128 x 64)", "color_histogram",
-     ["data.height=128", "data.width=64"]),
-    ("untrained", "untrained ResNet-18 (random weights, demo input 64 x 32)", "model", []),
-    ("baseline_mean", "cluster-contrast baseline, `mean` update", "train",
-     ["memory.update=mean"]),
-    ("baseline_hard", "cluster-contrast baseline, `hard` update", "train",
-     ["memory.update=hard"]),
+     ["data.height=128", "data.width=64"], False),
+    ("untrained", "untrained ResNet-18 (random weights, demo input 64 x 32)", "model", [],
+     False),
+    ("baseline_mean", "baseline: mean init, `mean` update", "train",
+     ["memory.init=mean", "memory.update=mean"], True),
+    ("baseline_hard", "baseline: mean init, `hard` update", "train",
+     ["memory.init=mean", "memory.update=hard"], True),
+    ("csa", "CSA only: CSA init, `mean` update", "train",
+     ["memory.init=csa", "memory.update=mean"], True),
+    ("hps", "HPS only: mean init, HPS update", "train",
+     ["memory.init=mean", "memory.update=hps"], True),
+    ("csa_hps", "CSA + HPS", "train", ["memory.init=csa", "memory.update=hps"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
-     ["train.supervised=true"]),
+     ["train.supervised=true"], False),
 ]
 
 
@@ -51,12 +66,20 @@ def command_for(kind: str, overrides: list[str], out: str) -> str:
     return f"robustreid evaluate --config {CONFIG} --features {kind} {extra}"
 
 
+def run_key(name: str, seed: int | None) -> str:
+    return name if seed is None else f"{name}/seed{seed}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--out", default="runs/results")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3],
+                        help="seeds of the ablation variants")
+    parser.add_argument("--force", action="store_true", help="rerun finished runs")
     parser.add_argument("--results-md", default="docs/RESULTS.md")
+    parser.add_argument("--plot", default="docs/ablation_map.png")
     args = parser.parse_args()
     setup_logging()
     if not (Path(args.data_root) / "synthperson" / "bounding_box_train").is_dir():
@@ -64,40 +87,70 @@ def main() -> None:
     out = Path(args.out)
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    for name, label, kind, overrides in VARIANTS:
+    # floors first, then the ablation seed by seed (every variant has a run early on)
+    plan = [(v, None) for v in VARIANTS if not v[4] and v[2] != "train"]
+    plan += [(v, seed) for seed in args.seeds for v in VARIANTS if v[4]]
+    plan += [(v, None) for v in VARIANTS if not v[4] and v[2] == "train"]
+    for (name, label, kind, overrides, _), seed in plan:
         if args.only and name not in args.only:
             continue
-        run_dir = str(out / name)
-        cfg = load_config(CONFIG, [*overrides, f"data.root={args.data_root}",
+        key = run_key(name, seed)
+        if key in results and not args.force:
+            continue
+        run_dir = str(out / key)
+        extra = [*overrides, *(ABLATION_EVAL if seed is not None else [])]
+        if seed is not None:
+            extra.append(f"seed={seed}")
+        cfg = load_config(CONFIG, [*extra, f"data.root={args.data_root}",
                                    f"output_dir={run_dir}"])
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(run_dir) / "config.yaml")
         start = time.perf_counter()
         if kind == "train":
             record = train_config(cfg)
+            history = [json.loads(line) for line in
+                       (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+            curve = [(r["epoch"], r["mAP"]) for r in history if "mAP" in r]
         else:
-            record = evaluate_config(cfg, kind)
-        results[name] = {
-            "label": label, "mAP": record["mAP"], "rank1": record["rank1"],
-            "minutes": (time.perf_counter() - start) / 60,
-            "command": command_for(kind, overrides, run_dir),
+            record, curve = evaluate_config(cfg, kind), []
+        results[key] = {
+            "variant": name, "seed": seed, "label": label, "mAP": record["mAP"],
+            "rank1": record["rank1"], "minutes": (time.perf_counter() - start) / 60,
+            "command": command_for(kind, extra, run_dir), "curve": curve,
         }
         atomic_write_text(results_file, json.dumps(results, indent=2) + "\n")
     write_table(results, Path(args.results_md))
+    plot_curves(results, Path(args.plot))
+
+
+def _runs_of(results: dict, name: str) -> list[dict]:
+    return [r for key, r in sorted(results.items()) if key.split("/")[0] == name]
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def write_table(results: dict, md_path: Path) -> None:
     lines = [BEGIN, "",
              f"Measured on {platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
-             "SynthPerson default split (seed 0), configs/synthperson.yaml.", "",
-             "| variant | mAP (%) | rank-1 (%) | minutes | command |",
-             "|---|---:|---:|---:|---|"]
-    for name, label, _, _ in VARIANTS:
-        if name in results:
-            r = results[name]
-            lines.append(f"| {label} | {100 * r['mAP']:.1f} | {100 * r['rank1']:.1f} | "
-                         f"{r['minutes']:.1f} | `{r['command']}` |")
+             "SynthPerson default split (seed 0), configs/synthperson.yaml. Training variants "
+             "marked with seeds: mean ± sample standard deviation over the seeds; minutes per "
+             "run.", "",
+             "| variant | seeds | mAP (%) | rank-1 (%) | minutes | command (one seed) |",
+             "|---|---|---:|---:|---:|---|"]
+    for name, label, _, _, _ in VARIANTS:
+        runs = _runs_of(results, name)
+        if not runs:
+            continue
+        seeds = ", ".join(str(r["seed"]) for r in runs) if runs[0]["seed"] is not None else "-"
+        minutes = statistics.mean(r["minutes"] for r in runs)
+        lines.append(f"| {label} | {seeds} | {_mean_std([r['mAP'] for r in runs])} | "
+                     f"{_mean_std([r['rank1'] for r in runs])} | {minutes:.1f} | "
+                     f"`{runs[0]['command']}` |")
     lines += ["", END]
     block = "\n".join(lines)
     text = md_path.read_text() if md_path.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
@@ -107,6 +160,37 @@ def write_table(results: dict, md_path: Path) -> None:
     tail = rest.split(END, 1)[1]
     atomic_write_text(md_path, head + block + tail)
     print(block)
+
+
+def plot_curves(results: dict, png: Path) -> None:
+    """Test mAP per evaluated epoch of the ablation variants: mean over seeds, min..max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, label, _, _, ablation in VARIANTS:
+        runs = [r for r in _runs_of(results, name) if r.get("curve")]
+        if not ablation or not runs:
+            continue
+        epochs = sorted(set.intersection(*({e for e, _ in r["curve"]} for r in runs)))
+        values = [[dict(r["curve"])[e] * 100 for r in runs] for e in epochs]
+        ax.plot(epochs, [statistics.mean(v) for v in values], marker="o",
+                label=f"{label} ({len(runs)} seeds)")
+        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test mAP (%)")
+    ax.set_title("SynthPerson ablation (configs/synthperson.yaml)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(png.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
+    print(f"plot written to {png}")
 
 
 if __name__ == "__main__":
