@@ -22,3 +22,69 @@ def _tiny_cnn(pretrained: str, last_stride: int) -> tuple[nn.Module, int]:
 
 if TINY_ARCH not in BACKBONES:
     register_backbone(TINY_ARCH)(_tiny_cnn)
+
+
+# ----------------------------------------------------------------- checkpoints and images
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from robustreid.config import Config, config_to_dict  # noqa: E402
+from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from robustreid.engine.checkpoint import model_meta, save_checkpoint  # noqa: E402
+from robustreid.models import build_model  # noqa: E402
+
+TINY_HEIGHT, TINY_WIDTH = 32, 16
+
+
+def write_tiny_checkpoint(path, seed: int = 0, height: int = TINY_HEIGHT,
+                          width: int = TINY_WIDTH):
+    """A self-describing checkpoint of the tiny backbone, laid out like the trainer's
+    ``best.pth`` (random weights, BN statistics perturbed so eval mode is not the identity)."""
+    torch.manual_seed(seed)
+    model = build_model(TINY_ARCH, pretrained="none", last_stride=2)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    cfg = Config()
+    cfg.model.arch, cfg.model.pretrained, cfg.model.last_stride = TINY_ARCH, "none", 2
+    cfg.data.height, cfg.data.width = height, width
+    cfg_dict = config_to_dict(cfg)
+    meta = model_meta(cfg_dict["model"], height, width, model.feature_dim, IMAGENET_MEAN,
+                      IMAGENET_STD)
+    save_checkpoint(path, {"epoch": 1, "model": model.state_dict(), "metrics": {},
+                           "config": cfg_dict, "meta": meta})
+    return path
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    """Path of a tiny self-describing checkpoint (see :func:`write_tiny_checkpoint`)."""
+    return write_tiny_checkpoint(tmp_path / "tiny.pth")
+
+
+def write_market_images(folder, num_ids: int = 4, per_id: int = 3, size=(48, 24),
+                        seed: int = 0) -> list:
+    """Small JPEGs with Market-1501 names ``PPPP_cCs1_FFFFFF_00.jpg``: each identity a
+    distinct colour (plus noise), camera = 1 + instance index. Returns the paths, sorted."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for pid in range(1, num_ids + 1):
+        colour = rng.integers(0, 256, 3)
+        for k in range(per_id):
+            pixels = np.clip(colour + rng.normal(0, 20, (*size, 3)), 0, 255).astype(np.uint8)
+            path = folder / f"{pid:04d}_c{k + 1}s1_{pid * 100 + k:06d}_00.jpg"
+            Image.fromarray(pixels).save(path, quality=95)
+            paths.append(path)
+    return sorted(paths)
+
+
+@pytest.fixture
+def market_images(tmp_path):
+    """A folder of 12 Market-style JPEGs (4 identities x 3 cameras); returns its path."""
+    folder = tmp_path / "images"
+    write_market_images(folder)
+    return folder

@@ -1,14 +1,17 @@
 """The ``robustreid`` command line: thin wiring of the library's stages.
 
 Subcommands: ``synth`` (write the SynthPerson data set), ``evaluate`` (a backbone or a
-learning-free baseline on a data set) and ``demo`` (SynthPerson end to end).
+learning-free baseline on a data set), ``train``, ``demo`` (SynthPerson end to end), and the
+commands for using a trained model, one module each in :mod:`robustreid.commands`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import pkgutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,7 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the CPU configuration, printing the test mAP before and after training.",
     )
     _add_config_arguments(demo, "configs/synthperson.yaml")
+    for module in _command_modules().values():
+        module.add_parser(sub)
     return parser
+
+
+def _command_modules() -> dict[str, Any]:
+    """The subcommand modules of :mod:`robustreid.commands`, by command name."""
+    import robustreid.commands as package
+
+    return {info.name: importlib.import_module(f"{package.__name__}.{info.name}")
+            for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_")}
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -273,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {"synth": run_synth, "evaluate": run_evaluate, "train": run_train,
                 "demo": run_demo}
+    handlers.update({name: module.run for name, module in _command_modules().items()})
     try:
         return handlers[args.command](args)
     except (ConfigError, FileExistsError, FileNotFoundError, KeyError, ValueError) as err:

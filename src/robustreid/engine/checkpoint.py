@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,31 @@ import torch
 from robustreid import __version__
 from robustreid.io import atomic_write
 
+# Version of the checkpoint layout. Readers accept this format and older ones; a file from a
+# newer robustreid (a higher format) is refused with a message saying which version wrote it.
+CHECKPOINT_FORMAT = 1
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not a robustreid checkpoint."""
+
+
+def model_meta(model_cfg: dict[str, Any], height: int, width: int, feature_dim: int,
+               mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """What it takes to rebuild and feed a saved model, stored under ``"meta"``.
+
+    Args:
+        model_cfg: the ``model`` section of the training config (``arch``, ``last_stride``,
+            ``pooling``, ``gem_p``, ``neck``, ...).
+        height, width: input size in pixels.
+        feature_dim: D, the embedding size.
+        mean, std: per-channel normalisation of the [0, 1] RGB input.
+    """
+    return {
+        "format": CHECKPOINT_FORMAT, "model": dict(model_cfg), "input_size": [height, width],
+        "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+        "feature_dim": int(feature_dim), "robustreid_version": __version__,
+    }
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -36,4 +59,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} could not be read: {err}") from err
     if not isinstance(data, dict) or "robustreid_version" not in data:
         raise CheckpointError(f"{path} is not a robustreid checkpoint (no robustreid_version)")
+    fmt = data.get("meta", {}).get("format", data.get("format", 1))
+    if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {fmt!r}, written by robustreid "
+            f"{data['robustreid_version']}; this robustreid {__version__} reads formats up to "
+            f"{CHECKPOINT_FORMAT}. Upgrade robustreid to load it."
+        )
     return data

@@ -32,8 +32,13 @@ from robustreid.config import Config, config_to_dict
 from robustreid.data.base import ReIDData, Sample
 from robustreid.data.dataset import ImageDataset
 from robustreid.data.sampler import PseudoIdentitySampler
-from robustreid.data.transforms import build_test_transform, build_train_transform
-from robustreid.engine.checkpoint import load_checkpoint, save_checkpoint
+from robustreid.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_test_transform,
+    build_train_transform,
+)
+from robustreid.engine.checkpoint import load_checkpoint, model_meta, save_checkpoint
 from robustreid.evaluation.evaluate import evaluate_model
 from robustreid.evaluation.features import extract_features
 from robustreid.evaluation.ranking import RankingResult
@@ -398,17 +403,24 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "rng": _rng_state(),
             "saa": None if self.saa is None else self.saa.state_dict(),
+            "meta": self._meta(),
         }
         if "mAP" in record and record["mAP"] > self.state.best_map:
             self.state.best_map = record["mAP"]
             payload["best_map"] = self.state.best_map
             save_checkpoint(self.out_dir / "best.pth", {
                 "epoch": self.state.epoch, "model": payload["model"],
-                "metrics": record, "config": payload["config"],
+                "metrics": record, "config": payload["config"], "meta": payload["meta"],
             })
             logger.info("new best mAP %.2f%% at epoch %d, saved %s", 100 * record["mAP"],
                         self.state.epoch, self.out_dir / "best.pth")
         save_checkpoint(self.out_dir / "last.pth", payload)
+
+    def _meta(self) -> dict[str, Any]:
+        """Self-description of the saved model (architecture, input, normalisation, D)."""
+        cfg = config_to_dict(self.cfg)
+        return model_meta(cfg["model"], self.cfg.data.height, self.cfg.data.width,
+                          getattr(self.model, "feature_dim", 0), IMAGENET_MEAN, IMAGENET_STD)
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)

@@ -1,0 +1,7 @@
+"""Subcommands of ``robustreid`` for using a trained model (embed, search, plot, export).
+
+Each module here defines ``add_parser(subparsers)`` (registers its subcommand on the
+``argparse`` sub-parsers and returns the parser) and ``run(args) -> int`` (the exit status).
+:mod:`robustreid.cli` discovers the modules, so a new command is one new file. Modules import
+their heavy dependencies inside ``run`` so that ``robustreid --help`` stays fast.
+"""
