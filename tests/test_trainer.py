@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import robustreid
 import robustreid.engine.trainer as trainer_module
 from robustreid.config import load_config
 from robustreid.data import build_dataset
 from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.engine.trainer import Trainer
+from robustreid.evaluation.features import extract_features
 from robustreid.models import build_model
 from robustreid.utils import seed_everything
 from tests.conftest import TINY_ARCH
@@ -65,6 +67,15 @@ def test_trains_logs_and_checkpoints(tiny_data, tmp_path):
     best = load_checkpoint(tmp_path / "run/best.pth")
     assert best["metrics"]["mAP"] == max(r["mAP"] for r in records[1:])
     assert (tmp_path / "run/tensorboard").is_dir()
+    # self-describing: the best model loads and embeds with nothing but the file
+    for ckpt in (last, best):
+        assert ckpt["meta"]["input_size"] == [cfg.data.height, cfg.data.width]
+        assert ckpt["meta"]["feature_dim"] == trainer.model.feature_dim
+    extractor = robustreid.load(tmp_path / "run/best.pth")
+    images = [s.path for s in tiny_data.query[:3]]
+    trainer.model.load_state_dict(best["model"])
+    expected = extract_features(trainer.model, tiny_data.query[:3], trainer.test_transform)
+    torch.testing.assert_close(extractor(images), expected, atol=1e-5, rtol=0)
 
 
 class Kill(Exception):

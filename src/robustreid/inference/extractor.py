@@ -122,7 +122,7 @@ class Preprocess:
             if array.ndim != 3 or array.shape[-1] != 3:
                 raise ValueError(f"numpy image must be H x W x 3 (RGB) or H x W, got shape "
                                  f"{item.shape}")
-            tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+            tensor = torch.from_numpy(np.require(array, requirements=["C", "W"])).permute(2, 0, 1)
         elif isinstance(item, torch.Tensor):
             tensor = item.detach().cpu()
             if tensor.ndim != 3 or tensor.shape[0] != 3:
