@@ -58,7 +58,7 @@ def test_pil_numpy_and_tensor_inputs(extractor, market_images):
     ref = extractor(paths)
     pil = [Image.open(p) for p in paths]
     torch.testing.assert_close(extractor(pil), ref, atol=1e-6, rtol=0)
-    arrays = [np.asarray(img.convert("RGB")) for img in pil]
+    arrays = [np.array(img.convert("RGB")) for img in pil]
     # arrays and tensors are resized as tensors: close to the PIL path, not bit-identical
     from_arrays = extractor(arrays)
     assert float((from_arrays * ref).sum(1).min()) > 0.999
