@@ -1,5 +1,17 @@
-"""Using a trained model: load a checkpoint, embed images, search a gallery, export."""
+"""Using a trained model: load a checkpoint, embed images, search a gallery, export.
 
+The search function itself is ``robustreid.inference.search.search`` (not re-exported here,
+where its name would hide the module).
+"""
+
+from robustreid.inference.embed import (
+    EmbeddingsFileError,
+    EmbedResult,
+    SkippedImagesWarning,
+    collect_images,
+    embed_images,
+    load_embeddings,
+)
 from robustreid.inference.extractor import (
     IMAGE_SUFFIXES,
     FeatureExtractor,
@@ -9,13 +21,31 @@ from robustreid.inference.extractor import (
     list_images,
     load,
 )
+from robustreid.inference.search import (
+    Embeddings,
+    GalleryIndex,
+    SearchResult,
+    build_records,
+    load_gallery,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "EmbedResult",
+    "Embeddings",
+    "EmbeddingsFileError",
     "FeatureExtractor",
+    "GalleryIndex",
     "Preprocess",
+    "SearchResult",
+    "SkippedImagesWarning",
+    "build_records",
     "checkpoint_meta",
+    "collect_images",
+    "embed_images",
     "expand_inputs",
     "list_images",
     "load",
+    "load_embeddings",
+    "load_gallery",
 ]
