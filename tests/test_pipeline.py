@@ -135,6 +135,8 @@ def test_cli_demo_and_train_on_existing_data(synth_root, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "before training" in out and "after training" in out
     assert (tmp_path / "demo" / "last.pth").is_file()
+    assert f"training curves: {tmp_path / 'demo' / 'curves.png'}" in out
+    assert (tmp_path / "demo" / "curves.png").stat().st_size > 10_000
     code = main(["train", "--config", "configs/synthperson.yaml", "--resume",
                  f"output_dir={tmp_path / 'demo'}", *budget, "train.epochs=2"])
     assert code == 0

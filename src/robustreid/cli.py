@@ -278,6 +278,9 @@ def run_demo(args: argparse.Namespace) -> int:
         logger.info("SynthPerson not found under %s: generating it", target)
         generate_synthperson(target, SynthConfig(seed=0), progress=sys.stderr.isatty())
     train_config(cfg, resume=False)
+    from robustreid.viz.curves import plot_training_curves
+
+    print(f"training curves: {plot_training_curves(cfg.output_dir)}")
     return 0
 
 
