@@ -186,7 +186,8 @@ def run_rate(
             hard = torch.stack(chosen)
             update(mem, x[hard], y[hard])
             hps, _ = select_hard_positive_indices(
-                saa, x, y, features, labels, batch_indices=batch, generator=gen
+                saa, x, y, features, labels, batch_indices=batch, generator=gen,
+                accept_ratio=args.accept_ratio, mode=args.hps_mode,
             )
             update(memories["hps"], x[hps], y[hps])
             for name, idx in (("hard", hard), ("hps", hps)):
@@ -217,6 +218,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--agreement-temperature", type=float, default=0.02,
                         help="self-paced CSA loss (0 = every member weighs the same)")
+    parser.add_argument("--accept-ratio", type=float, default=1.0,
+                        help="HPS: accepted member = weight >= ratio x 1/n")
+    parser.add_argument("--hps-mode", choices=("hardest", "softmax"), default="hardest")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--p", type=int, default=16)
     parser.add_argument("--k", type=int, default=8)

@@ -151,7 +151,7 @@ class MethodConfig:
     # Self-paced CSA loss: members weighted by softmax(LOO cosine / T) within their cluster
     # (0 = every member equally).
     csa_agreement_temperature: float = field(default=0.02, metadata={"ge": 0})
-    hps_accept_ratio: float = field(default=0.5, metadata={"ge": 0})
+    hps_accept_ratio: float = field(default=1.0, metadata={"ge": 0})
     hps_mode: Literal["hardest", "softmax"] = "hardest"
     hps_temperature: float = field(default=0.1, metadata={"gt": 0})
 
