@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no contention)")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--agreement-temperature", type=float, default=0.02,
+    parser.add_argument("--agreement-temperature", type=float, default=0.0,
                         help="self-paced CSA loss (0 = every member weighs the same)")
     parser.add_argument("--accept-ratio", type=float, default=1.0,
                         help="HPS: accepted member = weight >= ratio x 1/n")

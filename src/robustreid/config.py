@@ -148,9 +148,9 @@ class MethodConfig:
     csa_clusters_per_step: int = field(default=64, metadata={"ge": 1})
     csa_lr: float = field(default=1e-3, metadata={"gt": 0})
     csa_max_members: int = field(default=32, metadata={"ge": 2})
-    # Self-paced CSA loss: members weighted by softmax(LOO cosine / T) within their cluster
+    # > 0: self-paced CSA loss, members weighted by softmax(LOO cosine / T) in their cluster
     # (0 = every member equally).
-    csa_agreement_temperature: float = field(default=0.02, metadata={"ge": 0})
+    csa_agreement_temperature: float = field(default=0.0, metadata={"ge": 0})
     hps_accept_ratio: float = field(default=1.0, metadata={"ge": 0})
     hps_mode: Literal["hardest", "softmax"] = "hardest"
     hps_temperature: float = field(default=0.1, metadata={"gt": 0})
