@@ -14,6 +14,18 @@ from robustreid.data.base import Sample
 from robustreid.data.dataset import ImageDataset
 
 
+def embed_batch(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
+    """(B, 3, H, W) images -> (B, D) L2-normalised float32 features, on the images' device.
+
+    With ``flip``, the features of the image and of its horizontal mirror are summed before
+    normalising (flip averaging). The model's train/eval mode and autograd are the caller's.
+    """
+    feats = model(images).float()
+    if flip:
+        feats = feats + model(torch.flip(images, dims=[3])).float()
+    return F.normalize(feats, dim=1)
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
@@ -54,10 +66,7 @@ def extract_features(
     try:
         for images, _, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
             images = images.to(device, non_blocking=True)
-            feats = model(images).float()
-            if flip:
-                feats = feats + model(torch.flip(images, dims=[3])).float()
-            chunks.append(F.normalize(feats, dim=1).cpu())
+            chunks.append(embed_batch(model, images, flip).cpu())
     finally:
         model.train(was_training)
     if not chunks:

@@ -47,10 +47,10 @@ from types import ModuleType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustreid import __version__
+from robustreid.evaluation.features import embed_batch
 from robustreid.inference.extractor import FeatureExtractor
 from robustreid.io import atomic_write
 
@@ -121,10 +121,7 @@ class _Embedder(nn.Module):
         self.flip = flip
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = self.model(images).float()
-        if self.flip:
-            feats = feats + self.model(torch.flip(images, dims=[3])).float()
-        return F.normalize(feats, dim=1)
+        return embed_batch(self.model, images, self.flip)
 
 
 def _example_input(extractor: FeatureExtractor, batch_size: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import nn
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from robustreid.data.base import read_image
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
+from robustreid.evaluation.features import embed_batch
 from robustreid.utils import resolve_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -217,11 +217,7 @@ class FeatureExtractor:
     @torch.no_grad()
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised features on the CPU."""
-        batch = batch.to(self.device)
-        feats = self.model(batch).float()
-        if self.flip:
-            feats = feats + self.model(torch.flip(batch, dims=[3])).float()
-        return F.normalize(feats, dim=1).cpu()
+        return embed_batch(self.model, batch.to(self.device), self.flip).cpu()
 
 
 def checkpoint_meta(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
