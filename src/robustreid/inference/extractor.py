@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from robustreid.data.base import read_image
-from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.evaluation.features import embed_batch
 from robustreid.utils import resolve_device
@@ -103,13 +103,14 @@ class Preprocess:
     mean: Sequence[float] = IMAGENET_MEAN
     std: Sequence[float] = IMAGENET_STD
 
+    def __post_init__(self) -> None:
+        self._pil_transform = build_test_transform(self.height, self.width, self.mean, self.std)
+
     def __call__(self, item: ImageInput) -> torch.Tensor:
         if isinstance(item, str | Path):
             item = read_image(item)
         if isinstance(item, Image.Image):
-            image = TF.resize(item.convert("RGB"), [self.height, self.width],
-                              interpolation=TF.InterpolationMode.BICUBIC)
-            return TF.normalize(TF.to_tensor(image), self.mean, self.std)
+            return self._pil_transform(item.convert("RGB"))
         tensor = self._as_chw_float(item)
         tensor = TF.resize(tensor, [self.height, self.width],
                            interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
