@@ -32,6 +32,7 @@ from robustreid.config import load_config, save_config
 from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.io import atomic_write_text
 from robustreid.utils import setup_logging
+from robustreid.viz.curves import read_metrics
 
 CONFIG = "configs/synthperson.yaml"
 BEGIN, END = "<!-- synthperson-results:begin -->", "<!-- synthperson-results:end -->"
@@ -108,9 +109,7 @@ def main() -> None:
         start = time.perf_counter()
         if kind == "train":
             record = train_config(cfg)
-            history = [json.loads(line) for line in
-                       (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-            curve = [(r["epoch"], r["mAP"]) for r in history if "mAP" in r]
+            curve = [(r["epoch"], r["mAP"]) for r in read_metrics(run_dir) if "mAP" in r]
         else:
             record, curve = evaluate_config(cfg, kind), []
         results[key] = {
