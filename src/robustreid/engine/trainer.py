@@ -392,6 +392,7 @@ class Trainer:
         logger.info("%s | %s", " | ".join(parts), times)
 
     def _save(self, record: dict[str, Any]) -> None:
+        config = config_to_dict(self.cfg)
         payload = {
             "epoch": self.state.epoch,
             "model": self.model.state_dict(),
@@ -400,10 +401,13 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "best_map": self.state.best_map,
             "history": self.state.history,
-            "config": config_to_dict(self.cfg),
+            "config": config,
             "rng": _rng_state(),
             "saa": None if self.saa is None else self.saa.state_dict(),
-            "meta": self._meta(),
+            # self-description of the saved model (architecture, input, normalisation, D)
+            "meta": model_meta(config["model"], self.cfg.data.height, self.cfg.data.width,
+                               getattr(self.model, "feature_dim", 0), IMAGENET_MEAN,
+                               IMAGENET_STD),
         }
         if "mAP" in record and record["mAP"] > self.state.best_map:
             self.state.best_map = record["mAP"]
@@ -415,12 +419,6 @@ class Trainer:
             logger.info("new best mAP %.2f%% at epoch %d, saved %s", 100 * record["mAP"],
                         self.state.epoch, self.out_dir / "best.pth")
         save_checkpoint(self.out_dir / "last.pth", payload)
-
-    def _meta(self) -> dict[str, Any]:
-        """Self-description of the saved model (architecture, input, normalisation, D)."""
-        cfg = config_to_dict(self.cfg)
-        return model_meta(cfg["model"], self.cfg.data.height, self.cfg.data.width,
-                          getattr(self.model, "feature_dim", 0), IMAGENET_MEAN, IMAGENET_STD)
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
