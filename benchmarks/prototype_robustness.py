@@ -171,7 +171,7 @@ def run_rate(
     saa = SAA(features.shape[1], heads=args.heads, head_dim=args.head_dim)
     train_saa(saa, features, labels, steps=args.steps, lr=args.lr, generator=gen,
               agreement_temperature=args.agreement_temperature)
-    init_csa = csa_prototypes(saa, features, labels, num_c)
+    init_csa = csa_prototypes(saa, features, labels, num_c, mix=args.csa_mix)
     memories = {name: init_mean.clone() for name in ("mean", "hard", "hps")}
     noisy = {"hard": [0, 0], "hps": [0, 0]}
     for _ in range(args.epochs):
@@ -216,8 +216,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no contention)")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--agreement-temperature", type=float, default=0.0,
+    parser.add_argument("--agreement-temperature", type=float, default=0.02,
                         help="self-paced CSA loss (0 = every member weighs the same)")
+    parser.add_argument("--csa-mix", type=float, default=0.5,
+                        help="CSA prototype = normalise((1 - mix) mean + mix SAA prototype)")
     parser.add_argument("--accept-ratio", type=float, default=1.0,
                         help="HPS: accepted member = weight >= ratio x 1/n")
     parser.add_argument("--hps-mode", choices=("hardest", "softmax"), default="hardest")

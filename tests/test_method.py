@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.functional import normalize
 
+from robustreid.memory import cluster_means
 from robustreid.method import (
     SAA,
     csa_prototypes,
@@ -189,7 +190,7 @@ def _train_on_noisy_problem(seed: int, **kwargs) -> tuple[SAA, dict[str, float],
     try:
         stats = train_saa(saa, feats, labels, steps=150, clusters_per_step=8, generator=gen,
                           **kwargs)
-        protos = csa_prototypes(saa, feats, labels, 30)
+        protos = csa_prototypes(saa, feats, labels, 30, mix=1.0)
     finally:
         torch.set_num_threads(threads)
     means = normalize(torch.zeros(30, D).index_add_(0, labels, feats), dim=1)
@@ -217,14 +218,30 @@ def test_csa_prototypes_chunking_and_empty_rows() -> None:
     labels[::4] = -1
     labels[labels == 3] = 9  # label 3 empty, 9 used
     saa = _saa()
-    small = csa_prototypes(saa, feats, labels, 10, max_rows=6)
-    big = csa_prototypes(saa, feats, labels, 10, max_rows=1 << 16)
+    small = csa_prototypes(saa, feats, labels, 10, max_rows=6, mix=1.0)
+    big = csa_prototypes(saa, feats, labels, 10, max_rows=1 << 16, mix=1.0)
     torch.testing.assert_close(small, big, atol=1e-5, rtol=1e-5)
     assert float(big[3].abs().sum()) == 0.0 and float(big[9].norm()) == pytest.approx(1.0)
     x, mask, index = pack_clusters(feats, labels)
     with torch.no_grad():
         ref = saa(x, mask).prototypes
     torch.testing.assert_close(big[labels[index[:, 0]]], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_csa_prototypes_mix_shrinks_towards_the_mean() -> None:
+    gen = torch.Generator().manual_seed(8)
+    feats, labels, _ = _clustered(6, 7, 0.4, gen)
+    saa = _saa(gain=3.0)
+    means = normalize(cluster_means(feats, labels, 6), dim=1)
+    full = csa_prototypes(saa, feats, labels, 6, mix=1.0)
+    torch.testing.assert_close(csa_prototypes(saa, feats, labels, 6, mix=0.0), means,
+                               atol=1e-5, rtol=1e-5)
+    half = csa_prototypes(saa, feats, labels, 6, mix=0.5)
+    expected = normalize(means + full, dim=1)  # equal weights of two unit vectors
+    torch.testing.assert_close(half, expected, atol=1e-5, rtol=1e-5)
+    assert float((full - means).norm(dim=1).min()) > 1e-3  # the gain does move the prototype
+    with pytest.raises(ValueError, match="mix"):
+        csa_prototypes(saa, feats, labels, 6, mix=1.5)
 
 
 def test_hps_avoids_mislabeled_where_hard_picks_it() -> None:

@@ -149,8 +149,10 @@ class MethodConfig:
     csa_lr: float = field(default=1e-3, metadata={"gt": 0})
     csa_max_members: int = field(default=32, metadata={"ge": 2})
     # > 0: self-paced CSA loss, members weighted by softmax(LOO cosine / T) in their cluster
-    # (0 = every member equally).
-    csa_agreement_temperature: float = field(default=0.0, metadata={"ge": 0})
+    # (0 = every member equally, the plain loss).
+    csa_agreement_temperature: float = field(default=0.02, metadata={"ge": 0})
+    # CSA prototype = normalise((1 - mix) * mean + mix * SAA prototype); 1 = SAA alone
+    csa_mix: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     hps_accept_ratio: float = field(default=1.0, metadata={"ge": 0})
     hps_mode: Literal["hardest", "softmax"] = "hardest"
     hps_temperature: float = field(default=0.1, metadata={"gt": 0})

@@ -233,7 +233,8 @@ class Trainer:
             self.train_aggregator(features, labels)
         if init == "csa":
             prototypes = csa_prototypes(self.saa, features.to(self.device),
-                                        labels.to(self.device), epoch_labels.num_clusters)
+                                        labels.to(self.device), epoch_labels.num_clusters,
+                                        mix=self.cfg.method.csa_mix)
         else:
             prototypes = cluster_means(features, labels, epoch_labels.num_clusters)
         memory.init_prototypes(prototypes)

@@ -57,6 +57,7 @@ def csa_prototypes(
     labels: Tensor,
     num_clusters: int,
     max_rows: int = 8192,
+    mix: float = 0.5,
 ) -> Tensor:
     """Memory initialisation with SAA prototypes of all members (no subsampling).
 
@@ -67,10 +68,16 @@ def csa_prototypes(
         num_clusters: number of rows of the result.
         max_rows: padded member rows per chunk (bounds memory: ``max_rows x d`` features and
             ``H x max_rows x n_max`` attention entries).
+        mix: ``lambda`` in ``[0, 1]``; the prototype is
+            ``normalise((1 - lambda) * normalise(mean) + lambda * p_SAA)``: 1 = the SAA prototype
+            alone, 0 = the plain normalised mean, in between a shrinkage of the SAA aggregate
+            towards the mean (default 0.5; see ``docs/method.md``).
 
     Returns:
         ``num_clusters x d`` L2-normalised prototypes (zero rows for labels without members).
     """
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"mix must be in [0, 1], got {mix}")
     device = _param_device(saa)
     features = features.detach().to(device=device, dtype=torch.float32)
     labels = labels.to(device)
@@ -84,7 +91,11 @@ def csa_prototypes(
         n = int(sizes[chunk].max())
         idx, msk = index[chunk, :n], mask[chunk, :n]
         x = features[idx.clamp(min=0)] * msk.unsqueeze(-1)
-        protos[labels[idx[:, 0]]] = saa(x, msk).prototypes
+        proto = saa(x, msk).prototypes
+        if mix < 1.0:
+            mean = nn.functional.normalize(x.sum(1), dim=-1)
+            proto = nn.functional.normalize((1.0 - mix) * mean + mix * proto, dim=-1)
+        protos[labels[idx[:, 0]]] = proto
     return protos
 
 
@@ -101,7 +112,7 @@ def train_saa(
     device: torch.device | str | None = None,
     num_negatives: int = 32,
     robust_q: float = 0.7,
-    agreement_temperature: float = 0.0,
+    agreement_temperature: float = 0.02,
 ) -> dict[str, float]:
     """Train ``saa`` in place with the cluster-level leave-one-out contrastive loss.
 
@@ -121,11 +132,11 @@ def train_saa(
         robust_q: 0 = cross-entropy; ``q > 0`` (default 0.7) = generalised cross-entropy
             ``(1 - p^q) / q`` of the same softmax (noise-robust; ``q = 1`` is MAE). Plain CE let
             the mislabeled members dominate the gradient (see ``docs/method.md``).
-        agreement_temperature: 0 (default) = every member weighs the same. ``T > 0`` weights
-            member ``j``'s loss by ``n_c * softmax_j(cos(x_j, p_{c,-j}) / T)`` (detached), so
-            the members that agree with the rest of their cluster drive the training. With
-            ``T = 0.02`` CSA beats the mean in the synthetic robustness benchmark, but it made
-            end-to-end training on SynthPerson much worse (docs/method.md), hence the default.
+        agreement_temperature: ``T > 0`` (default 0.02) weights member ``j``'s loss by
+            ``n_c * softmax_j(cos(x_j, p_{c,-j}) / T)`` (detached), so the members that agree
+            with the rest of their cluster drive the training (self-paced); 0 = every member
+            weighs the same (plain loss). With the plain loss SAA learns to lean towards the
+            mislabeled members (``docs/method.md``).
 
     Returns:
         Stats: ``initial_loss`` / ``final_loss`` (mean loss over the first / last pass over the
