@@ -32,6 +32,7 @@ built with random weights (nothing is downloaded). Prints one line per part and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -43,7 +44,7 @@ from robustreid.clustering import pseudo_labels
 from robustreid.config import load_config
 from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, csa_prototypes, select_hard_positives, train_saa
-from robustreid.models import build_model
+from robustreid.models import build_model_from_spec
 
 
 def _sync(device: torch.device) -> None:
@@ -96,9 +97,7 @@ def main() -> None:
     cfg = load_config(args.config)
     tc, mc, cl = cfg.train, cfg.method, cfg.cluster
     torch.manual_seed(args.seed)
-    model = build_model(cfg.model.arch, pretrained="none", last_stride=cfg.model.last_stride,
-                        pooling=cfg.model.pooling, gem_p=cfg.model.gem_p,
-                        neck=cfg.model.neck).to(device)
+    model = build_model_from_spec(dataclasses.asdict(cfg.model), pretrained="none").to(device)
     dim = int(model.feature_dim)
     print(f"{args.config}: {cfg.model.arch} {cfg.data.height}x{cfg.data.width}, d={dim}, "
           f"N={args.n}, {tc.iters} iters x batch {tc.batch_size} ({tc.num_instances} per id), "

@@ -20,6 +20,7 @@ from robustreid.models import (
     ReIDModel,
     WeightsMismatchError,
     build_model,
+    build_model_from_spec,
     build_pooling,
     register_backbone,
 )
@@ -88,6 +89,20 @@ def test_last_stride_one_doubles_map(arch: str, images: torch.Tensor) -> None:
         sizes[stride] = fmap.shape[-2:]
     assert sizes[2] == (2, 1)
     assert sizes[1] == (2 * sizes[2][0], 2 * sizes[2][1])
+
+
+def test_build_model_from_spec_matches_build_model() -> None:
+    spec = {"arch": "resnet18", "pretrained": "none", "last_stride": 2, "pooling": "avg",
+            "gem_p": 3.0, "neck": "none", "unrelated": 1}
+    torch.manual_seed(0)
+    a = build_model_from_spec(spec)
+    torch.manual_seed(0)
+    b = build_model("resnet18", last_stride=2, pooling="avg", neck="none")
+    assert a.arch == "resnet18" and type(a.pool) is type(b.pool)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+    with pytest.raises(KeyError, match="arch"):
+        build_model_from_spec({"last_stride": 1})
 
 
 def test_bad_last_stride_rejected() -> None:

@@ -8,6 +8,7 @@ commands for using a trained model, one module each in :mod:`robustreid.commands
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -149,12 +150,10 @@ def run_synth(args: argparse.Namespace) -> int:
 def build_configured_model(cfg: Config,
                            state_dict: dict[str, Any] | None = None) -> torch.nn.Module:
     """The model ``cfg.model`` describes, with ``state_dict`` (trained weights) if given."""
-    from robustreid.models import build_model
+    from robustreid.models import build_model_from_spec
 
-    pretrained = "none" if state_dict is not None else cfg.model.pretrained
-    model = build_model(cfg.model.arch, pretrained=pretrained,
-                        last_stride=cfg.model.last_stride, pooling=cfg.model.pooling,
-                        gem_p=cfg.model.gem_p, neck=cfg.model.neck)
+    pretrained = "none" if state_dict is not None else None
+    model = build_model_from_spec(dataclasses.asdict(cfg.model), pretrained=pretrained)
     if state_dict is not None:
         model.load_state_dict(state_dict)
     return model

@@ -175,17 +175,13 @@ class FeatureExtractor:
             CheckpointError: missing, unreadable, foreign or newer-format file, or weights
                 that do not fit the described architecture.
         """
-        from robustreid.models import build_model
+        from robustreid.models import build_model_from_spec
 
         ckpt = load_checkpoint(path)
         meta = checkpoint_meta(ckpt, path)
         model_cfg = meta["model"]
         try:
-            model = build_model(model_cfg["arch"], pretrained="none",
-                                last_stride=model_cfg.get("last_stride", 1),
-                                pooling=model_cfg.get("pooling", "gem"),
-                                gem_p=model_cfg.get("gem_p", 3.0),
-                                neck=model_cfg.get("neck", "bn"))
+            model = build_model_from_spec(model_cfg, pretrained="none")
             model.load_state_dict(ckpt["model"])
         except (KeyError, RuntimeError) as err:
             raise CheckpointError(

@@ -5,6 +5,7 @@ from robustreid.models.backbones import (
     ReIDModel,
     ResNetTrunk,
     build_model,
+    build_model_from_spec,
     register_backbone,
     set_last_stride,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "ResNetTrunk",
     "WeightsMismatchError",
     "build_model",
+    "build_model_from_spec",
     "build_pooling",
     "imagenet_weights_path",
     "load_pretrained",

@@ -14,7 +14,8 @@ A backbone factory has the signature ``(pretrained: str, last_stride: int) ->
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -181,3 +182,21 @@ def build_model(
     model = ReIDModel(trunk, channels, build_pooling(pooling, gem_p), neck=neck)
     model.arch = arch.lower()
     return model
+
+
+_SPEC_KEYS = ("arch", "last_stride", "pooling", "gem_p", "neck")
+
+
+def build_model_from_spec(spec: Mapping[str, Any], pretrained: str | None = None) -> ReIDModel:
+    """:func:`build_model` from a ``model`` config section (a dataclass's ``asdict`` or the
+    ``meta["model"]`` dict of a checkpoint).
+
+    Keys used: ``arch`` (required), ``last_stride``, ``pooling``, ``gem_p``, ``neck`` (missing
+    ones take :func:`build_model`'s defaults), ``pretrained`` unless the argument overrides it
+    (pass ``"none"`` when trained weights are loaded next). Other keys are ignored.
+    """
+    if "arch" not in spec:
+        raise KeyError(f"model spec has no 'arch' (keys: {sorted(spec)})")
+    kwargs = {k: spec[k] for k in _SPEC_KEYS if k in spec}
+    chosen = pretrained if pretrained is not None else spec.get("pretrained", "none")
+    return build_model(pretrained=chosen, **kwargs)
