@@ -20,8 +20,9 @@ and the reported overhead larger.
 The method adds, with the config's ``method`` settings:
 
 * ``train_saa`` (CSA training of SAA on the epoch's features) and ``csa_prototypes``;
-* ``select_hard_positives`` once per step (HPS), timed over ``--hps-batches`` batches of
-  ``batch_size / num_instances`` pseudo-identities x ``num_instances`` samples.
+* ``select_hard_positives`` once per step (HPS), timed over ``--hps-batches`` batches drawn by
+  the trainer's ``PseudoIdentitySampler`` (``batch_size / num_instances`` pseudo-identities x
+  ``num_instances`` samples).
 
 The features are synthetic clustered unit vectors (``benchmarks/clustering.py``) of the
 backbone's dimension; the clusters are the ones the pseudo-labelling finds in them. The model is
@@ -42,6 +43,7 @@ from clustering import clustered_features
 
 from robustreid.clustering import pseudo_labels
 from robustreid.config import load_config
+from robustreid.data.sampler import PseudoIdentitySampler
 from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, csa_prototypes, select_hard_positives, train_saa
 from robustreid.models import build_model_from_spec
@@ -63,19 +65,6 @@ def best_time(fn, repeat: int, device: torch.device) -> float:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return min(times)
-
-
-def pk_batches(labels: np.ndarray, p: int, k: int, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` batches of ``p`` random clusters x ``k`` members (with replacement if small)."""
-    rng = np.random.default_rng(seed)
-    clusters = np.unique(labels[labels >= 0])
-    members = {c: np.flatnonzero(labels == c) for c in clusters}
-    batches = []
-    for _ in range(count):
-        chosen = rng.choice(clusters, size=min(p, len(clusters)), replace=False)
-        rows = [rng.choice(members[c], size=k, replace=len(members[c]) < k) for c in chosen]
-        batches.append(np.concatenate(rows))
-    return batches
 
 
 def main() -> None:
@@ -162,13 +151,14 @@ def main() -> None:
     _sync(device)
     t_csa_init = time.perf_counter() - t0
 
-    p = tc.batch_size // tc.num_instances
-    batches = pk_batches(labels, p, tc.num_instances, args.hps_batches, args.seed)
-    noise = 0.01 * torch.randn(len(batches[0]), dim, generator=gen).to(device)
+    sampler = PseudoIdentitySampler(labels, np.zeros_like(labels), tc.num_instances,
+                                    tc.batch_size, args.hps_batches, seed=args.seed)
+    batches = np.fromiter(iter(sampler), dtype=np.int64).reshape(-1, tc.batch_size)
+    noise = 0.01 * torch.randn(tc.batch_size, dim, generator=gen).to(device)
     hps_times = []
     for b in batches:
         idx = torch.from_numpy(b).to(device)
-        batch = torch.nn.functional.normalize(feats[idx] + noise[: len(b)], dim=1)
+        batch = torch.nn.functional.normalize(feats[idx] + noise, dim=1)
         _sync(device)
         t0 = time.perf_counter()
         select_hard_positives(saa, batch, lab_dev[idx], feats, lab_dev,
