@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-amp", action="store_true",
+                    help="train in float32 even where the config asks for AMP on CUDA")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,16 +89,24 @@ def main() -> None:
     tc, mc, cl = cfg.train, cfg.method, cfg.cluster
     torch.manual_seed(args.seed)
     model = build_model_from_spec(dataclasses.asdict(cfg.model), pretrained="none").to(device)
+    # the trainer's settings: channels_last and float16 autocast + GradScaler on CUDA only
+    cuda = device.type == "cuda"
+    amp = cuda and tc.amp and not args.no_amp
+    layout = torch.channels_last if cuda and tc.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     dim = int(model.feature_dim)
     print(f"{args.config}: {cfg.model.arch} {cfg.data.height}x{cfg.data.width}, d={dim}, "
           f"N={args.n}, {tc.iters} iters x batch {tc.batch_size} ({tc.num_instances} per id), "
           f"SAA {mc.saa_heads} heads x {mc.saa_head_dim}, {mc.csa_steps} CSA steps")
-    print(f"device {device}, torch threads {torch.get_num_threads()}, "
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    print(f"device {device} ({name}), AMP {amp}, channels_last {layout == torch.channels_last}, "
+          f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
           f"load average at start {os.getloadavg()[0]:.1f}")
 
     # ---- baseline epoch ----
     shape = (3, cfg.data.height, cfg.data.width)
-    probe = torch.randn(args.extract_probe, *shape, device=device)
+    probe = torch.randn(args.extract_probe, *shape, device=device).contiguous(
+        memory_format=layout)
 
     def extract() -> None:
         model.eval()
@@ -118,21 +128,28 @@ def main() -> None:
                            momentum=cfg.memory.momentum).to(device)
     memory.init_prototypes(cluster_means(x, lab, num_c).to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    train_x = torch.randn(args.train_probe, *shape, device=device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    train_x = torch.randn(args.train_probe, *shape, device=device).contiguous(
+        memory_format=layout)
     train_y = torch.randint(num_c, (args.train_probe,), device=device)
 
     def train_step() -> None:
         model.train()
-        loss = memory(model(train_x), train_y)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            feats = model(train_x)
+        loss = memory(feats.float(), train_y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     t_step = best_time(train_step, args.repeat, device) * tc.batch_size / args.train_probe
     t_train = t_step * tc.iters
     baseline = t_extract + t_cluster + t_train
     print(f"baseline  extract {t_extract:8.2f} s  cluster {t_cluster:8.2f} s  "
           f"train {t_train:8.2f} s ({t_step:.3f} s/step)  epoch {baseline:8.2f} s")
+    print(f"throughput  extraction {args.n / t_extract:8.1f} img/s  "
+          f"training {tc.batch_size / t_step:8.1f} img/s")
 
     # ---- the method ----
     feats, lab_dev = x.to(device), lab.to(device)

@@ -2,6 +2,7 @@
 
 Usage: python scripts/synthperson_results.py [--data-root data] [--out runs/results]
                                               [--only NAME ...] [--seeds 1 2 3] [--force]
+                                              [--jobs 1] [--threads T] [--marker NAME]
 
 Runs every variant below on SynthPerson with configs/synthperson.yaml (the same backbone and
 budget for every training variant; the ablation variants once per seed), collects test mAP
@@ -15,6 +16,14 @@ and rank-1, and writes:
   plain SAA loss of the earlier stops) is in the table only.
 
 Each run is also reproducible alone with the command printed next to it.
+
+``--jobs J`` runs the seeds of the ablation in ``J`` worker processes of this script at once
+(seeds dealt round-robin; each worker writes ``results.part<j>.json``, merged into
+``results.json`` when the workers end, or at the next start if they were killed). Use it on a
+GPU, where one small run leaves the device mostly idle; on a 2-core CPU it only slows every run
+down. ``--marker NAME`` writes the table between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->`` instead, so runs on another device get a table of their own. With
+``--only``, the variants of each seed run in the order given.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,7 +47,7 @@ from robustreid.utils import setup_logging
 from robustreid.viz.curves import read_metrics
 
 CONFIG = "configs/synthperson.yaml"
-BEGIN, END = "<!-- synthperson-results:begin -->", "<!-- synthperson-results:end -->"
+MARKER = "synthperson-results"
 ABLATION_EVAL = ["train.eval_every=2"]  # a curve point every 2 epochs for the plot
 # the five variants of the ablation plot (other per-seed variants are alternatives, table only)
 PLOTTED = ("baseline_mean", "baseline_hard", "csa", "hps", "csa_hps")
@@ -87,25 +98,55 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="rerun finished runs")
     parser.add_argument("--results-md", default="docs/RESULTS.md")
     parser.add_argument("--plot", default="docs/ablation_map.png")
+    parser.add_argument("--marker", default=MARKER, help="name of the table's block markers")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes for the seeds")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for every run (e.g. a short smoke test)")
+    parser.add_argument("--part", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    known = {v[0] for v in VARIANTS}
+    unknown = [n for n in args.only or [] if n not in known and n != "_none_"]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown} in --only; known: {sorted(known)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     setup_logging()
     if not (Path(args.data_root) / "synthperson" / "bounding_box_train").is_dir():
         generate_synthperson(Path(args.data_root) / "synthperson", SynthConfig(seed=0))
     out = Path(args.out)
-    results_file = out / "results.json"
+    results_file = out / ("results.json" if args.part is None else f"results.part{args.part}.json")
+    if args.part is None:
+        merge_parts(out)
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    merged = out / "results.json"
+    # a worker also skips what earlier workers finished and the parent already merged
+    done = set(json.loads(merged.read_text())) if args.part is not None and merged.is_file() \
+        else set()
+    order = {n: i for i, n in enumerate(args.only)} if args.only else {}
+    ablation = sorted((v for v in VARIANTS if v[4]), key=lambda v: order.get(v[0], 0))
+    if args.jobs > 1:
+        run_workers(args, [v[0] for v in ablation if not args.only or v[0] in args.only])
+        merge_parts(out)
+        results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+        ablation = []  # done by the workers
     # floors first, then the ablation seed by seed (every variant has a run early on)
     plan = [(v, None) for v in VARIANTS if not v[4] and v[2] != "train"]
-    plan += [(v, seed) for seed in args.seeds for v in VARIANTS if v[4]]
+    plan += [(v, seed) for seed in args.seeds for v in ablation]
     plan += [(v, None) for v in VARIANTS if not v[4] and v[2] == "train"]
+    if args.part is not None:
+        plan = [(v, seed) for v, seed in plan if seed is not None]
     for (name, label, kind, overrides, _), seed in plan:
         if args.only and name not in args.only:
             continue
         key = run_key(name, seed)
-        if key in results and not args.force:
+        if (key in results or key in done) and not args.force:
             continue
         run_dir = str(out / key)
-        extra = [*overrides, *(ABLATION_EVAL if seed is not None else [])]
+        extra = [*overrides, *(ABLATION_EVAL if seed is not None else []), *args.set]
         if seed is not None:
             extra.append(f"seed={seed}")
         cfg = load_config(CONFIG, [*extra, f"data.root={args.data_root}",
@@ -122,10 +163,58 @@ def main() -> None:
             "variant": name, "seed": seed, "label": label, "mAP": record["mAP"],
             "rank1": record["rank1"], "minutes": (time.perf_counter() - start) / 60,
             "command": command_for(kind, extra, run_dir), "curve": curve,
+            "device": device_name(cfg.device), "threads": torch.get_num_threads(),
+            "parallel_jobs": args.workers if args.part is not None else 1,
         }
         atomic_write_text(results_file, json.dumps(results, indent=2) + "\n")
-    write_table(results, Path(args.results_md))
-    plot_curves(results, Path(args.plot))
+    if args.part is None:
+        write_table(results, Path(args.results_md), args.marker)
+        plot_curves(results, Path(args.plot))
+
+
+def device_name(device: str) -> str:
+    """What ran a job: the GPU's name for a CUDA device, else the CPU."""
+    from robustreid.utils import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return platform.processor() or platform.machine()
+
+
+def run_workers(args: argparse.Namespace, variants: list[str]) -> None:
+    """Run the ablation seeds in ``args.jobs`` worker processes of this script; wait for all."""
+    groups = [g for g in (args.seeds[j::args.jobs] for j in range(args.jobs)) if g]
+    procs = []
+    for j, seeds in enumerate(groups):
+        cmd = [sys.executable, __file__, "--part", str(j), "--workers", str(len(groups)),
+               "--out", args.out,
+               "--data-root", args.data_root, "--seeds", *map(str, seeds), "--only", *variants]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        if args.set:
+            cmd += ["--set", *args.set]
+        if args.force:
+            cmd.append("--force")
+        procs.append(subprocess.Popen(cmd))
+    failed = [p.args for p in procs if p.wait() != 0]
+    if failed:
+        print(f"{len(failed)} worker(s) failed; their finished runs are kept: {failed}",
+              file=sys.stderr)
+
+
+def merge_parts(out: Path) -> None:
+    """Fold the workers' ``results.part*.json`` into ``results.json``, then remove them."""
+    parts = sorted(out.glob("results.part*.json"))
+    if not parts:
+        return
+    results_file = out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    for part in parts:
+        results.update(json.loads(part.read_text()))
+    atomic_write_text(results_file, json.dumps(results, indent=2) + "\n")
+    for part in parts:
+        part.unlink()
 
 
 def _runs_of(results: dict, name: str) -> list[dict]:
@@ -138,10 +227,16 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def write_table(results: dict, md_path: Path) -> None:
-    lines = [BEGIN, "",
-             f"Measured on {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}; "
+def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    devices = sorted({r.get("device") or platform.processor() or platform.machine()
+                      for r in results.values()})
+    threads = sorted({r.get("threads") or torch.get_num_threads() for r in results.values()})
+    jobs = sorted({r["parallel_jobs"] for r in results.values() if r.get("parallel_jobs")})
+    lines = [begin, "",
+             f"Measured on {', '.join(devices)}, {'/'.join(map(str, threads))} torch threads"
+             f"{f', {jobs[-1]} runs at a time' if jobs and jobs[-1] > 1 else ''}, "
+             f"torch {torch.__version__}; "
              "SynthPerson default split (seed 0), configs/synthperson.yaml. Training variants "
              "marked with seeds: mean ± sample standard deviation over the seeds; minutes per "
              "run.", "",
@@ -156,13 +251,13 @@ def write_table(results: dict, md_path: Path) -> None:
         lines.append(f"| {label} | {seeds} | {_mean_std([r['mAP'] for r in runs])} | "
                      f"{_mean_std([r['rank1'] for r in runs])} | {minutes:.1f} | "
                      f"`{runs[0]['command']}` |")
-    lines += ["", END]
+    lines += ["", end]
     block = "\n".join(lines)
-    text = md_path.read_text() if md_path.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text:
-        text += f"\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
+    text = md_path.read_text() if md_path.is_file() else f"# Results\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
     atomic_write_text(md_path, head + block + tail)
     print(block)
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/RESULTS.md in one command, for a short lease of one CUDA GPU.
+#
+#   OUT=/some/dir DEADLINE=560 bash benchmarks/gpu_session.sh
+#
+# Runs from the repository root with robustreid importable (installed, or PYTHONPATH=src) and
+# SynthPerson under data/ (generated if missing). In this order, each writing a log to $OUT:
+#   1. the device and software (nvidia-smi, torch);
+#   2. benchmarks/method_overhead.py on configs/market1501.yaml: ResNet-50 at 256 x 128,
+#      batch 256 (full-batch probes), with AMP (the config's setting) and without;
+#   3. benchmarks/clustering.py with the exact kNN on the GPU at N = 12,936 and N = 100,000;
+#   4. the SynthPerson ablation, seeds 1..$SEEDS, $JOBS runs at a time, stopped so that the
+#      whole script ends by $DEADLINE seconds (finished runs are kept; the table and plot
+#      cover them; the variants of each seed run in the order baseline, CSA + HPS, hard, CSA,
+#      HPS, so the main comparison fills first).
+# The benchmarks run alone, before the ablation, so that nothing shares the GPU with them.
+set -u
+OUT=${OUT:?set OUT to a folder for the logs}
+SEEDS=${SEEDS:-10}
+JOBS=${JOBS:-10}
+DEADLINE=${DEADLINE:-560}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision',
+torchvision.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(),
+torch.cuda.get_device_name(0))"
+  nproc; } > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+echo "== method overhead, AMP"
+timeout 150 "$PY" benchmarks/method_overhead.py --device cuda --train-probe 256 \
+    --extract-probe 256 --repeat 5 --hps-batches 50 > "$OUT/overhead_amp.txt" 2>&1
+tail -n 6 "$OUT/overhead_amp.txt"
+echo "== method overhead, float32"
+timeout 100 "$PY" benchmarks/method_overhead.py --device cuda --train-probe 256 \
+    --extract-probe 256 --repeat 5 --hps-batches 50 --no-amp > "$OUT/overhead_fp32.txt" 2>&1
+tail -n 4 "$OUT/overhead_fp32.txt"
+
+echo "== clustering, kNN on the GPU"
+{ timeout 60 "$PY" benchmarks/clustering.py --device cuda --skip-random --approx-n 0
+  timeout 100 "$PY" benchmarks/clustering.py --device cuda --skip-random --approx-n 0 \
+      --n 100000 --clusters 5400 --repeat 1; } > "$OUT/clustering_cuda.txt" 2>&1
+grep -E "clustered|floor|ours total|ratio|post-kNN|clusters /" "$OUT/clustering_cuda.txt"
+
+ABLATION_SECONDS=$((DEADLINE - SECONDS - 30))
+echo "== SynthPerson ablation, seeds 1..$SEEDS, $JOBS at a time, ${ABLATION_SECONDS}s"
+cp docs/RESULTS.md "$OUT/RESULTS.md"
+timeout -k 10 "$ABLATION_SECONDS" "$PY" scripts/synthperson_results.py --out runs/gpu \
+    --only baseline_mean csa_hps baseline_hard csa hps --seeds $(seq 1 "$SEEDS") \
+    --jobs "$JOBS" --threads 1 --marker synthperson-results-gpu \
+    --results-md "$OUT/RESULTS.md" --plot "$OUT/ablation_map_gpu.png" > "$OUT/ablation.log" 2>&1
+# after a timeout: merge what the workers finished and write the table and plot
+pkill -f synthperson_results.py
+"$PY" scripts/synthperson_results.py --out runs/gpu --only _none_ \
+    --marker synthperson-results-gpu --results-md "$OUT/RESULTS.md" \
+    --plot "$OUT/ablation_map_gpu.png" >> "$OUT/ablation.log" 2>&1
+cp runs/gpu/results.json "$OUT/results_gpu.json" 2>/dev/null
+grep -A 12 "synthperson-results-gpu:begin" "$OUT/RESULTS.md"
+grep -E "Traceback|Error" "$OUT/ablation.log" | sort | uniq -c | head
+echo "script seconds: $SECONDS"
