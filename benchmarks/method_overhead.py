@@ -79,13 +79,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides, e.g. method.csa_steps=100")
     ap.add_argument("--no-amp", action="store_true",
                     help="train in float32 even where the config asks for AMP on CUDA")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     tc, mc, cl = cfg.train, cfg.method, cfg.cluster
     torch.manual_seed(args.seed)
     model = build_model_from_spec(dataclasses.asdict(cfg.model), pretrained="none").to(device)

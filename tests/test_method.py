@@ -284,3 +284,61 @@ def test_hps_fallback_and_outliers() -> None:
     assert chosen_y.tolist() == [0, 1] and stats["fallback_fraction"] == 1.0
     with pytest.raises(ValueError):
         select_hard_positives(saa, bx, by, feats, labels, mode="nope")
+
+
+def _select_reference(
+    ratio: torch.Tensor, disp: torch.Tensor, labels: torch.Tensor, accept_ratio: float
+) -> list[int]:
+    """Per-class loop: hardest accepted sample, else the most accepted one."""
+    picks = []
+    for c in sorted({int(v) for v in labels.tolist() if v >= 0}):
+        rows = [i for i in range(len(labels)) if int(labels[i]) == c]
+        acc = [i for i in rows if float(ratio[i]) >= accept_ratio]
+        if acc:
+            picks.append(max(acc, key=lambda i: (float(disp[i]), -i)))
+        else:
+            picks.append(max(rows, key=lambda i: (float(ratio[i]), -i)))
+    return picks
+
+
+def test_hps_selection_matches_per_class_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustreid.method import hps
+
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(20):
+        bsz = 24
+        labels = torch.randint(-1, 6, (bsz,), generator=gen)
+        ratio = torch.rand(bsz, generator=gen) * 2
+        disp = torch.rand(bsz, generator=gen).round(decimals=1)  # ties: first row wins
+        monkeypatch.setattr(hps, "score_batch", lambda *a, r=ratio, d=disp, **k: (r, d, None))
+        idx, stats = hps.select_hard_positive_indices(
+            _saa(), torch.randn(bsz, D), labels, torch.randn(4, D), torch.zeros(4), 1.0
+        )
+        assert idx.tolist() == _select_reference(ratio, disp, labels, 1.0), trial
+        classes = sorted({int(v) for v in labels.tolist() if v >= 0})
+        no_acc = sum(all(float(ratio[i]) < 1.0 for i in range(bsz) if labels[i] == c)
+                     for c in classes)
+        assert stats["fallback_fraction"] == pytest.approx(no_acc / max(1, len(classes)))
+
+
+def test_hps_softmax_mode_draws_from_softmax_of_dispersion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from robustreid.method import hps
+
+    labels = torch.tensor([0, 0, 0, 0])
+    ratio = torch.tensor([1.5, 1.5, 1.5, 0.2])  # row 3 is not accepted
+    disp = torch.tensor([0.10, 0.20, 0.30, 0.90])
+    monkeypatch.setattr(hps, "score_batch", lambda *a, **k: (ratio, disp, None))
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(4)
+    draws = 4000
+    for _ in range(draws):
+        idx, _ = hps.select_hard_positive_indices(
+            _saa(), torch.randn(4, D), labels, torch.randn(4, D), torch.zeros(4), 1.0,
+            mode="softmax", temperature=0.1, generator=g,
+        )
+        counts[idx] += 1
+    expected = torch.softmax(disp[:3] / 0.1, dim=0)
+    assert counts[3] == 0
+    torch.testing.assert_close(counts[:3] / draws, expected, atol=0.03, rtol=0)

@@ -195,8 +195,13 @@ def train_saa(
 
     train_windows = [(c0, c1) for c0, c1 in windows if bool(trainable[c0])]
     train_windows = [(c0, min(c1, int(trainable.sum()))) for c0, c1 in train_windows]
-    optimizer = torch.optim.Adam(saa.parameters(), lr=lr)
+    # fused Adam on CUDA (one kernel); the CPU keeps the default implementation
+    optimizer = torch.optim.Adam(saa.parameters(), lr=lr, fused=device.type == "cuda")
     heads, head_dim = saa.heads, saa.head_dim
+    # flat positions of each window's real members, found once: ``x.flatten()[sel]`` equals
+    # ``x[mask]`` element for element, without the host sync of boolean indexing on a GPU
+    member_pos = {w: torch.nonzero(mask[w[0] : w[1]].reshape(-1)).squeeze(1)
+                  for w in train_windows}
     losses = []
     saa.train()
     for step in range(steps):
@@ -218,14 +223,15 @@ def train_saa(
             # self-paced: members that agree with the rest of their cluster weigh more
             w = (pos.detach() / agreement_temperature).masked_fill(~m, -float("inf"))
             w = torch.softmax(w, dim=-1) * m.sum(-1, keepdim=True)
-            loss = (per_member * w)[m].mean()
+            loss = (per_member * w).flatten()[member_pos[c0, c1]].mean()
         else:
-            loss = per_member[m].mean()
+            loss = per_member.flatten()[member_pos[c0, c1]].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(loss.detach())  # read once at the end: no host sync per step
     saa.eval()
+    losses = torch.stack(losses).tolist()
     per_pass = len(train_windows)
     stats["initial_loss"] = sum(losses[:per_pass]) / len(losses[:per_pass])
     stats["final_loss"] = sum(losses[-per_pass:]) / len(losses[-per_pass:])

@@ -181,23 +181,33 @@ def select_hard_positive_indices(
         saa, batch_features.detach(), batch_labels, features.detach(), labels, batch_indices
     )
     accepted = ratio >= accept_ratio
-    classes = torch.unique(batch_labels[batch_labels >= 0])
-    chosen = []
-    fallbacks = 0
-    for c in classes.tolist():
-        rows = torch.nonzero(batch_labels == c).squeeze(1)
-        acc = rows[accepted[rows]]
-        if acc.numel() == 0:
-            fallbacks += 1
-            chosen.append(rows[torch.argmax(ratio[rows])])
-        elif mode == "hardest":
-            chosen.append(acc[torch.argmax(disp[acc])])
-        else:
-            probs = torch.softmax(disp[acc] / temperature, dim=0)
-            pick = torch.multinomial(probs.cpu(), 1, generator=generator).to(acc.device)
-            chosen.append(acc[pick[0]])
-    idx = torch.stack(chosen) if chosen else torch.zeros(0, dtype=torch.long)
-    idx = idx.to(batch_features.device)
+    # one vectorised argmax per class (no Python loop, no per-class host sync): the classes
+    # with an accepted sample pick among the accepted by dispersion (softmax mode: by
+    # dispersion / T + Gumbel noise, i.e. a draw from softmax(dispersion / T)); the others
+    # fall back to their most accepted sample (largest ratio); ties go to the first row
+    classes, inv = torch.unique(batch_labels, sorted=True, return_inverse=True)
+    valid = batch_labels >= 0
+    acc = accepted & valid
+    has_acc = torch.zeros(classes.numel(), dtype=torch.long, device=acc.device)
+    has_acc = has_acc.index_add(0, inv, acc.long()) > 0
+    use_acc = has_acc[inv]
+    key = disp
+    if mode == "softmax":
+        u = torch.rand(disp.shape, generator=generator, dtype=torch.float64).to(disp.device)
+        key = disp / temperature - torch.log(-torch.log(u.clamp(1e-12, 1.0 - 1e-12))).float()
+    eligible = valid & (acc | ~use_acc)
+    score = torch.where(use_acc, key, ratio).nan_to_num(nan=-float("inf"))
+    score = score.masked_fill(~eligible, -float("inf"))
+    best = score.new_full((classes.numel(),), -float("inf"))
+    best = best.scatter_reduce(0, inv, score, reduce="amax")
+    rows = torch.arange(score.numel(), device=score.device)
+    cand = torch.where(eligible & (score == best[inv]), rows, score.numel())
+    first = torch.full_like(best, score.numel(), dtype=torch.long)
+    first = first.scatter_reduce(0, inv, cand, reduce="amin")
+    real = classes >= 0
+    idx = first[real].to(batch_features.device)
+    classes = classes[real]
+    fallbacks = int((~has_acc[real]).sum())
     scored = batch_labels >= 0
     stats = {
         "classes": float(classes.numel()),
