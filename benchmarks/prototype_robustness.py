@@ -170,6 +170,7 @@ def run_rate(
     init_mean = mean_prototypes(features, labels, num_c)
     saa = SAA(features.shape[1], heads=args.heads, head_dim=args.head_dim)
     train_saa(saa, features, labels, steps=args.steps, lr=args.lr, generator=gen,
+              clusters_per_step=args.clusters_per_step,
               agreement_temperature=args.agreement_temperature)
     init_csa = csa_prototypes(saa, features, labels, num_c, mix=args.csa_mix)
     memories = {name: init_mean.clone() for name in ("mean", "hard", "hps")}
@@ -216,6 +217,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: no contention)")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--clusters-per-step", type=int, default=64)
     parser.add_argument("--agreement-temperature", type=float, default=0.02,
                         help="self-paced CSA loss (0 = every member weighs the same)")
     parser.add_argument("--csa-mix", type=float, default=0.5,
