@@ -189,6 +189,7 @@ def run_rate(
             hps, _ = select_hard_positive_indices(
                 saa, x, y, features, labels, batch_indices=batch, generator=gen,
                 accept_ratio=args.accept_ratio, mode=args.hps_mode,
+                temperature=args.hps_temperature,
             )
             update(memories["hps"], x[hps], y[hps])
             for name, idx in (("hard", hard), ("hps", hps)):
@@ -225,6 +226,8 @@ def main() -> None:
     parser.add_argument("--accept-ratio", type=float, default=1.0,
                         help="HPS: accepted member = weight >= ratio x 1/n")
     parser.add_argument("--hps-mode", choices=("hardest", "softmax"), default="hardest")
+    parser.add_argument("--hps-temperature", type=float, default=0.1,
+                        help="softmax mode: temperature on the dispersion (large = uniform)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--p", type=int, default=16)
     parser.add_argument("--k", type=int, default=8)

@@ -72,6 +72,10 @@ VARIANTS = [
     ("csa_hps_plain", "alternative: CSA + HPS, plain SAA loss, no shrinkage", "train",
      ["memory.init=csa", "memory.update=hps", "method.csa_agreement_temperature=0",
       "method.csa_mix=1"], True),
+    ("hps_uniform", "alternative: mean init, HPS update drawn uniformly among the accepted "
+     "(softmax, T = 10)", "train",
+     ["memory.init=mean", "memory.update=hps", "method.hps_mode=softmax",
+      "method.hps_temperature=10"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]
@@ -164,6 +168,7 @@ def main() -> None:
             "rank1": record["rank1"], "minutes": (time.perf_counter() - start) / 60,
             "command": command_for(kind, extra, run_dir), "curve": curve,
             "device": device_name(cfg.device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
             "parallel_jobs": args.workers if args.part is not None else 1,
         }
         atomic_write_text(results_file, json.dumps(results, indent=2) + "\n")
@@ -218,7 +223,8 @@ def merge_parts(out: Path) -> None:
 
 
 def _runs_of(results: dict, name: str) -> list[dict]:
-    return [r for key, r in sorted(results.items()) if key.split("/")[0] == name]
+    runs = [r for key, r in results.items() if key.split("/")[0] == name]
+    return sorted(runs, key=lambda r: -1 if r["seed"] is None else r["seed"])
 
 
 def _mean_std(values: list[float]) -> str:
@@ -233,10 +239,11 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
                       for r in results.values()})
     threads = sorted({r.get("threads") or torch.get_num_threads() for r in results.values()})
     jobs = sorted({r["parallel_jobs"] for r in results.values() if r.get("parallel_jobs")})
+    torch_versions = sorted({r.get("torch") or torch.__version__ for r in results.values()})
     lines = [begin, "",
              f"Measured on {', '.join(devices)}, {'/'.join(map(str, threads))} torch threads"
              f"{f', {jobs[-1]} runs at a time' if jobs and jobs[-1] > 1 else ''}, "
-             f"torch {torch.__version__}; "
+             f"torch {', '.join(torch_versions)}; "
              "SynthPerson default split (seed 0), configs/synthperson.yaml. Training variants "
              "marked with seeds: mean ± sample standard deviation over the seeds; minutes per "
              "run.", "",
@@ -263,6 +270,8 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
 
 
 def plot_curves(results: dict, png: Path) -> None:
+    devices = sorted({r.get("device") or platform.processor() or platform.machine()
+                      for r in results.values()})
     """Test mAP per evaluated epoch of the ablation variants: mean over seeds, min..max band."""
     import matplotlib
 
@@ -281,7 +290,8 @@ def plot_curves(results: dict, png: Path) -> None:
         ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.15)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test mAP (%)")
-    ax.set_title("SynthPerson ablation (configs/synthperson.yaml)")
+    ax.set_title(f"SynthPerson ablation (configs/synthperson.yaml), {', '.join(devices)}",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
