@@ -270,9 +270,9 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
 
 
 def plot_curves(results: dict, png: Path) -> None:
+    """Test mAP per evaluated epoch of the ablation variants: mean over seeds, min..max band."""
     devices = sorted({r.get("device") or platform.processor() or platform.machine()
                       for r in results.values()})
-    """Test mAP per evaluated epoch of the ablation variants: mean over seeds, min..max band."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -208,10 +208,9 @@ def select_hard_positive_indices(
     idx = first[real].to(batch_features.device)
     classes = classes[real]
     fallbacks = int((~has_acc[real]).sum())
-    scored = batch_labels >= 0
     stats = {
         "classes": float(classes.numel()),
-        "accepted_fraction": float(accepted[scored].float().mean()) if bool(scored.any()) else 0.0,
+        "accepted_fraction": float(accepted[valid].float().mean()) if bool(valid.any()) else 0.0,
         "fallback_fraction": fallbacks / max(1, classes.numel()),
         "mean_dispersion": float(disp[idx].mean()) if idx.numel() else 0.0,
     }
