@@ -45,6 +45,7 @@ from clustering import clustered_features
 from robustreid.clustering import pseudo_labels
 from robustreid.config import load_config
 from robustreid.data.sampler import PseudoIdentitySampler
+from robustreid.engine.trainer import contrastive_step
 from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, csa_prototypes, select_hard_positives, train_saa
 from robustreid.models import build_model_from_spec
@@ -138,13 +139,7 @@ def main() -> None:
 
     def train_step() -> None:
         model.train()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            feats = model(train_x)
-        loss = memory(feats.float(), train_y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        contrastive_step(model, memory, train_x, train_y, optimizer, scaler, amp)
 
     t_step = best_time(train_step, args.repeat, device) * tc.batch_size / args.train_probe
     t_train = t_step * tc.iters

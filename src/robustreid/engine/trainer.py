@@ -318,14 +318,9 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             if self.cuda and tc.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                feats = self.model(images)
-            loss = memory(feats.float(), targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.update_memory(memory, feats.detach().float(), targets,
+            feats, loss = contrastive_step(self.model, memory, images, targets,
+                                           self.optimizer, self.scaler, self.amp)
+            self.update_memory(memory, feats, targets,
                                keep_t[index.to(self.device)], all_features, all_labels,
                                mode=update_mode)
             losses.append(loss.item())
@@ -436,6 +431,40 @@ class Trainer:
             self.saa.load_state_dict(ckpt["saa"])
             self.saa.to(self.device)
         _set_rng_state(ckpt["rng"])
+
+
+def contrastive_step(
+    model: nn.Module,
+    memory: ClusterMemory,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step of the backbone: InfoNCE of the batch against the cluster memory.
+
+    Args:
+        model: the backbone (in train mode).
+        memory: the epoch's cluster memory (its prototypes are not updated here).
+        images: ``B x 3 x H x W`` batch, on the model's device and in its memory format.
+        targets: ``B`` cluster indices.
+        optimizer: the backbone's optimiser.
+        scaler: gradient scaler (enabled exactly when ``amp``).
+        amp: float16 autocast of the forward pass (CUDA).
+
+    Returns:
+        The batch features (``B x D`` float32, detached) for the momentum update, and the loss
+        (a detached 0-d tensor).
+    """
+    with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+        feats = model(images)
+    loss = memory(feats.float(), targets)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return feats.detach().float(), loss.detach()
 
 
 def _ranking_metrics(result: RankingResult) -> dict[str, float]:
