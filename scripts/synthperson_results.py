@@ -184,7 +184,16 @@ def device_name(device: str) -> str:
     dev = resolve_device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
+    return _cpu_name()
+
+
+def _cpu_name() -> str:
     return platform.processor() or platform.machine()
+
+
+def _devices(results: dict) -> list[str]:
+    """The devices that ran ``results`` (records without one ran on this machine's CPU)."""
+    return sorted({r.get("device") or _cpu_name() for r in results.values()})
 
 
 def run_workers(args: argparse.Namespace, variants: list[str]) -> None:
@@ -235,8 +244,7 @@ def _mean_std(values: list[float]) -> str:
 
 def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    devices = sorted({r.get("device") or platform.processor() or platform.machine()
-                      for r in results.values()})
+    devices = _devices(results)
     threads = sorted({r.get("threads") or torch.get_num_threads() for r in results.values()})
     jobs = sorted({r["parallel_jobs"] for r in results.values() if r.get("parallel_jobs")})
     torch_versions = sorted({r.get("torch") or torch.__version__ for r in results.values()})
@@ -271,8 +279,7 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
 
 def plot_curves(results: dict, png: Path) -> None:
     """Test mAP per evaluated epoch of the ablation variants: mean over seeds, min..max band."""
-    devices = sorted({r.get("device") or platform.processor() or platform.machine()
-                      for r in results.values()})
+    devices = _devices(results)
     import matplotlib
 
     matplotlib.use("Agg")
