@@ -1,6 +1,7 @@
 """Robustness of cluster prototypes to pseudo-label noise: mean vs CSA init, mean/hard/HPS updates.
 
 Usage: python benchmarks/prototype_robustness.py [--features file.npz] [--dim 128] [--seed 0]
+                                                 [--momentum 0.1]
 
 Features with known identities (synthetic by default; or ``features`` / ``pids`` arrays of an
 ``.npz``) get pseudo-labels corrupted the way clustering errs: look-alike identities (closest
@@ -26,7 +27,6 @@ from torch.nn.functional import normalize
 
 from robustreid.method import SAA, csa_prototypes, select_hard_positive_indices, train_saa
 
-MOMENTUM = 0.1
 RATES = (0.0, 0.1, 0.2, 0.3)
 
 
@@ -132,10 +132,10 @@ def angle(protos: Tensor, centres: Tensor) -> float:
     return float(torch.rad2deg(torch.arccos(cos)).mean())
 
 
-def update(memory: Tensor, rows: Tensor, targets: Tensor) -> None:
+def update(memory: Tensor, rows: Tensor, targets: Tensor, momentum: float) -> None:
     """Reference momentum update: ``c <- normalise(m c + (1 - m) x)`` row by row."""
     for x, y in zip(rows, targets.tolist(), strict=True):
-        memory[y] = normalize(MOMENTUM * memory[y] + (1 - MOMENTUM) * x, dim=0)
+        memory[y] = normalize(momentum * memory[y] + (1 - momentum) * x, dim=0)
 
 
 def epoch_batches(labels: Tensor, p: int, k: int, gen: torch.Generator) -> list[Tensor]:
@@ -178,20 +178,20 @@ def run_rate(
     for _ in range(args.epochs):
         for batch in epoch_batches(labels, args.p, args.k, gen):
             x, y = features[batch], labels[batch]
-            update(memories["mean"], x, y)
+            update(memories["mean"], x, y, args.momentum)
             mem = memories["hard"]  # least similar to its prototype, per class
             chosen = []
             for c in torch.unique(y).tolist():
                 rows = torch.nonzero(y == c).squeeze(1)
                 chosen.append(rows[torch.argmin(x[rows] @ mem[c])])
             hard = torch.stack(chosen)
-            update(mem, x[hard], y[hard])
+            update(mem, x[hard], y[hard], args.momentum)
             hps, _ = select_hard_positive_indices(
                 saa, x, y, features, labels, batch_indices=batch, generator=gen,
                 accept_ratio=args.accept_ratio, mode=args.hps_mode,
                 temperature=args.hps_temperature,
             )
-            update(memories["hps"], x[hps], y[hps])
+            update(memories["hps"], x[hps], y[hps], args.momentum)
             for name, idx in (("hard", hard), ("hps", hps)):
                 noisy[name][0] += int(mislabeled[batch[idx]].sum())
                 noisy[name][1] += idx.numel()
@@ -229,6 +229,8 @@ def main() -> None:
     parser.add_argument("--hps-temperature", type=float, default=0.1,
                         help="softmax mode: temperature on the dispersion (large = uniform)")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--momentum", type=float, default=0.1,
+                        help="m of the updates c <- m c + (1 - m) x (memory.momentum)")
     parser.add_argument("--p", type=int, default=16)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
