@@ -11,14 +11,21 @@
 #   3. benchmarks/clustering.py with the exact kNN on the GPU at N = 12,936 and N = 100,000;
 #   4. the SynthPerson ablation, seeds 1..$SEEDS, $JOBS runs at a time, stopped so that the
 #      whole script ends by $DEADLINE seconds (finished runs are kept; the table and plot
-#      cover them; the variants of each seed run in the order baseline, CSA + HPS, hard, CSA,
-#      HPS, so the main comparison fills first).
+#      cover them; the variants of each seed run in the order of $VARIANTS, by default
+#      baseline, CSA + HPS, hard, CSA, HPS, so the main comparison fills first). The table goes
+#      between the $MARKER markers of docs/RESULTS.md; for other variants, e.g. the momentum
+#      0.5 pair, give them a marker of their own:
+#        VARIANTS="baseline_m05 csa_hps_m05" MARKER=synthperson-results-gpu-momentum \
+#          RUNS=runs/gpu_momentum ABLATION_ONLY=1 OUT=... bash benchmarks/gpu_session.sh
 # The benchmarks run alone, before the ablation, so that nothing shares the GPU with them.
 set -u
 OUT=${OUT:?set OUT to a folder for the logs}
 SEEDS=${SEEDS:-10}
 JOBS=${JOBS:-10}
 DEADLINE=${DEADLINE:-560}
+VARIANTS=${VARIANTS:-baseline_mean csa_hps baseline_hard csa hps}
+MARKER=${MARKER:-synthperson-results-gpu}
+RUNS=${RUNS:-runs/gpu}  # results.json and run folders of the ablation
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -30,6 +37,7 @@ torch.cuda.get_device_name(0))"
   nproc; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
+if [ "${ABLATION_ONLY:-0}" != 1 ]; then  # ABLATION_ONLY=1 skips steps 2 and 3
 echo "== method overhead, AMP"
 timeout 150 "$PY" benchmarks/method_overhead.py --device cuda --train-probe 256 \
     --extract-probe 256 --repeat 5 --hps-batches 50 > "$OUT/overhead_amp.txt" 2>&1
@@ -44,20 +52,22 @@ echo "== clustering, kNN on the GPU"
   timeout 100 "$PY" benchmarks/clustering.py --device cuda --skip-random --approx-n 0 \
       --n 100000 --clusters 5400 --repeat 1; } > "$OUT/clustering_cuda.txt" 2>&1
 grep -E "clustered|floor|ours total|ratio|post-kNN|clusters /" "$OUT/clustering_cuda.txt"
+fi
 
 ABLATION_SECONDS=$((DEADLINE - SECONDS - 30))
 echo "== SynthPerson ablation, seeds 1..$SEEDS, $JOBS at a time, ${ABLATION_SECONDS}s"
 cp docs/RESULTS.md "$OUT/RESULTS.md"
-timeout -k 10 "$ABLATION_SECONDS" "$PY" scripts/synthperson_results.py --out runs/gpu \
-    --only baseline_mean csa_hps baseline_hard csa hps --seeds $(seq 1 "$SEEDS") \
-    --jobs "$JOBS" --threads 1 --marker synthperson-results-gpu \
+# shellcheck disable=SC2086  # $VARIANTS is a list of names
+timeout -k 10 "$ABLATION_SECONDS" "$PY" scripts/synthperson_results.py --out "$RUNS" \
+    --only $VARIANTS --seeds $(seq 1 "$SEEDS") \
+    --jobs "$JOBS" --threads 1 --marker "$MARKER" \
     --results-md "$OUT/RESULTS.md" --plot "$OUT/ablation_map_gpu.png" > "$OUT/ablation.log" 2>&1
 # after a timeout: merge what the workers finished and write the table and plot
 pkill -f synthperson_results.py
-"$PY" scripts/synthperson_results.py --out runs/gpu --only _none_ \
-    --marker synthperson-results-gpu --results-md "$OUT/RESULTS.md" \
+"$PY" scripts/synthperson_results.py --out "$RUNS" --only _none_ \
+    --marker "$MARKER" --results-md "$OUT/RESULTS.md" \
     --plot "$OUT/ablation_map_gpu.png" >> "$OUT/ablation.log" 2>&1
-cp runs/gpu/results.json "$OUT/results_gpu.json" 2>/dev/null
-grep -A 12 "synthperson-results-gpu:begin" "$OUT/RESULTS.md"
+cp "$RUNS/results.json" "$OUT/results_gpu.json" 2>/dev/null
+grep -A 12 "$MARKER:begin" "$OUT/RESULTS.md"
 grep -E "Traceback|Error" "$OUT/ablation.log" | sort | uniq -c | head
 echo "script seconds: $SECONDS"
