@@ -76,6 +76,10 @@ VARIANTS = [
      "(softmax, T = 10)", "train",
      ["memory.init=mean", "memory.update=hps", "method.hps_mode=softmax",
       "method.hps_temperature=10"], True),
+    ("baseline_m05", "alternative: baseline at momentum 0.5 (mean init, `mean` update)",
+     "train", ["memory.init=mean", "memory.update=mean", "memory.momentum=0.5"], True),
+    ("csa_hps_m05", "alternative: CSA + HPS at momentum 0.5", "train",
+     ["memory.init=csa", "memory.update=hps", "memory.momentum=0.5"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]
