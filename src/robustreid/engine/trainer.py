@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -24,23 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from robustreid.clustering import pseudo_labels
 from robustreid.clustering.camera import camera_normalize
 from robustreid.config import Config, config_to_dict
 from robustreid.data.base import ReIDData, Sample
-from robustreid.data.dataset import ImageDataset
+from robustreid.data.decoded import BatchAugment, DecodedImages
 from robustreid.data.sampler import PseudoIdentitySampler
-from robustreid.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_test_transform,
-    build_train_transform,
-)
+from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from robustreid.engine.checkpoint import load_checkpoint, model_meta, save_checkpoint
-from robustreid.evaluation.evaluate import evaluate_model
-from robustreid.evaluation.features import extract_features
+from robustreid.evaluation.evaluate import evaluate_features
+from robustreid.evaluation.features import embed_decoded
 from robustreid.evaluation.ranking import RankingResult
 from robustreid.io import atomic_write_text
 from robustreid.memory import ClusterMemory, cluster_means
@@ -112,10 +108,10 @@ class Trainer:
         self.amp = self.cuda and cfg.train.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.test_transform = build_test_transform(cfg.data.height, cfg.data.width)
-        self.train_transform = build_train_transform(
-            cfg.data.height, cfg.data.width, flip_p=cfg.train.flip_p,
-            padding=cfg.train.padding, erasing_p=cfg.train.erasing_p,
-        )
+        self.augment = BatchAugment(flip_p=cfg.train.flip_p, padding=cfg.train.padding,
+                                    erasing_p=cfg.train.erasing_p)
+        # Every split is decoded and resized once per run, on first use.
+        self._decoded: dict[str, DecodedImages] = {}
         self.state = TrainState()
         self._writer = None
         # The self-attention aggregator of CSA/HPS, built at the first epoch that needs it
@@ -190,13 +186,23 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ stages
+    def images(self, split: str) -> DecodedImages:
+        """The decoded images of ``split`` (train, query or gallery), decoded on first use."""
+        if split not in self._decoded:
+            self._decoded[split] = DecodedImages(
+                getattr(self.data, split), self.cfg.data.height, self.cfg.data.width,
+                num_workers=self.cfg.data.num_workers, desc=f"decode {split}")
+        return self._decoded[split]
+
+    def _embed(self, split: str) -> torch.Tensor:
+        return embed_decoded(
+            self.model, self.images(split), batch_size=self.cfg.data.test_batch_size,
+            device=self.device, flip=split != "train" and self.cfg.eval.flip,
+            channels_last=self.cfg.train.channels_last and self.cuda, desc=f"extract {split}")
+
     def extract_train_features(self) -> torch.Tensor:
         """(N, D) L2-normalised features of every training image (eval mode, test transform)."""
-        return extract_features(
-            self.model, self.data.train, self.test_transform,
-            batch_size=self.cfg.data.test_batch_size, num_workers=self.cfg.data.num_workers,
-            device=self.device, desc="extract train",
-        )
+        return self._embed("train")
 
     def assign_labels(self, features: torch.Tensor, epoch: int) -> EpochLabels:
         """Pseudo-labels of the training images for ``epoch`` (1-based): the true ids when
@@ -301,31 +307,34 @@ class Trainer:
             seed=self.cfg.seed, prefer_cross_camera=tc.prefer_cross_camera,
         )
         sampler.set_epoch(epoch)
-        loader = DataLoader(
-            ImageDataset(samples, self.train_transform), batch_size=batch_size,
-            sampler=sampler, num_workers=self.cfg.data.num_workers, drop_last=True,
-            pin_memory=self.cuda,
-            generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch),
-        )
+        order = torch.as_tensor(list(sampler), dtype=torch.long)
+        batches = order[: len(order) // batch_size * batch_size].view(-1, batch_size)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        train_images = self.images("train")
         _, update_mode = self._memory_modes(epoch_labels)
-        keep_t = torch.as_tensor(keep, device=self.device)
+        keep_t = torch.as_tensor(keep)
         all_features = features.to(self.device)
-        all_labels = torch.as_tensor(epoch_labels.labels, device=self.device)
+        labels_t = torch.as_tensor(epoch_labels.labels)
+        all_labels = labels_t.to(self.device)
         self.model.train()
         losses = []
-        for it, (images, targets, _, index) in enumerate(loader, start=1):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+        bar = tqdm(batches, desc=f"epoch {epoch} train", leave=False,
+                   disable=not sys.stderr.isatty())
+        for it, index in enumerate(bar, start=1):
+            rows = keep_t[index]
+            images = train_images.batch(rows).to(self.device, non_blocking=True)
+            images = self.augment(images, generator)
+            targets = labels_t[rows].to(self.device, non_blocking=True)
             if self.cuda and tc.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             feats, loss = contrastive_step(self.model, memory, images, targets,
                                            self.optimizer, self.scaler, self.amp)
-            self.update_memory(memory, feats, targets,
-                               keep_t[index.to(self.device)], all_features, all_labels,
-                               mode=update_mode)
+            self.update_memory(memory, feats, targets, rows.to(self.device), all_features,
+                               all_labels, mode=update_mode)
             losses.append(loss.item())
-            if it % tc.log_every == 0:
-                logger.info("epoch %d iter %d/%d loss %.3f", epoch, it, tc.iters,
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            if it % tc.log_every == 0 or it == len(batches):
+                logger.info("epoch %d iter %d/%d loss %.3f", epoch, it, len(batches),
                             float(np.mean(losses[-tc.log_every:])))
             if self.on_iteration is not None:
                 self.on_iteration(epoch, it)
@@ -334,11 +343,10 @@ class Trainer:
     def evaluate(self) -> RankingResult:
         """Test mAP/CMC of the current model on the query/gallery split."""
         ev = self.cfg.eval
-        return evaluate_model(
-            self.model, self.data.query, self.data.gallery, self.test_transform,
-            batch_size=self.cfg.data.test_batch_size, num_workers=self.cfg.data.num_workers,
-            device=self.device, flip=ev.flip, rerank=ev.rerank, k1=ev.k1, k2=ev.k2,
-            lambda_value=ev.lambda_value, max_rank=ev.max_rank,
+        return evaluate_features(
+            self._embed("query"), self._embed("gallery"), self.data.query, self.data.gallery,
+            rerank=ev.rerank, k1=ev.k1, k2=ev.k2, lambda_value=ev.lambda_value,
+            max_rank=ev.max_rank,
         )
 
     # ------------------------------------------------------------------ bookkeeping

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from robustreid.data.base import Sample
 from robustreid.data.dataset import ImageDataset
+from robustreid.data.decoded import DecodedImages, normalize_uint8
 
 
 def embed_batch(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
@@ -71,4 +73,40 @@ def extract_features(
         model.train(was_training)
     if not chunks:
         raise ValueError("extract_features: no samples given")
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def embed_decoded(
+    model: nn.Module,
+    images: DecodedImages,
+    *,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    flip: bool = False,
+    channels_last: bool = False,
+    desc: str = "extract",
+) -> torch.Tensor:
+    """Embed images decoded once (:class:`~robustreid.data.decoded.DecodedImages`).
+
+    The same features as :func:`extract_features` with the test transform, without decoding
+    the files again. A progress bar shows on a terminal (stderr) only.
+
+    Returns:
+        (N, D) float32 tensor on the CPU, rows L2-normalised, in the order of ``images``.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(starts, desc=desc, leave=False, disable=not sys.stderr.isatty()):
+            batch = images.images[start:start + batch_size].to(device, non_blocking=True)
+            batch = normalize_uint8(batch)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            chunks.append(embed_batch(model, batch, flip).cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(chunks)
