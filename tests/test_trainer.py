@@ -210,3 +210,37 @@ def test_hps_updates_only_with_accepted_members(tiny_data, tmp_path, monkeypatch
     assert calls, "HPS was never used"
     # one update per pseudo-identity of the batch (P = 8 // 4 = 2), never more
     assert all(rows == distinct and rows <= 2 for rows, distinct in calls)
+
+
+def test_pseudo_label_diagnostics_are_logged_and_plotted(tiny_data, tmp_path):
+    from robustreid.viz.curves import read_metrics, training_curves, training_curves_figure
+
+    # supervised: the pseudo-labels are the true ids, so every agreement score is 1
+    sup = make_trainer(tiny_config(tmp_path / "sup", "train.epochs=1", "train.supervised=true"),
+                       tiny_data)
+    sup.fit()
+    record = read_metrics(tmp_path / "sup")[1]
+    assert record["pl_precision"] == record["pl_recall"] == record["pl_fscore"] == 1.0
+    assert record["pl_ari"] == pytest.approx(1.0) and record["pl_nmi"] == pytest.approx(1.0)
+    assert record["pl_clusters"] == record["pl_identities"] == tiny_data.num_train_pids
+    # clustering: the logged figures are those of the epoch's labels against the true ids
+    seen = {}
+    original = trainer_module.Trainer.assign_labels
+
+    def spy(self, features, epoch):
+        seen[epoch] = original(self, features, epoch)
+        return seen[epoch]
+
+    trainer = make_trainer(tiny_config(tmp_path / "run", "train.epochs=1"), tiny_data)
+    trainer.assign_labels = spy.__get__(trainer)
+    trainer.fit()
+    record = read_metrics(tmp_path / "run")[1]
+    ids = np.array([s.pid for s in tiny_data.train])
+    from robustreid.clustering.quality import pseudo_label_quality
+
+    assert {k: record[k] for k in pseudo_label_quality(seen[1].labels, ids)} == \
+        pseudo_label_quality(seen[1].labels, ids)
+    assert record["pl_outlier_fraction"] == pytest.approx(seen[1].num_outliers / len(ids))
+    fig = training_curves_figure(training_curves(read_metrics(tmp_path / "run")))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "Pseudo-labels against the true identities" in titles

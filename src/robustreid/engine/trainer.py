@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from robustreid.clustering import pseudo_labels
 from robustreid.clustering.camera import camera_normalize
+from robustreid.clustering.quality import pseudo_label_quality
 from robustreid.config import Config, config_to_dict
 from robustreid.data.base import ReIDData, Sample
 from robustreid.data.decoded import BatchAugment, DecodedImages
@@ -112,6 +113,10 @@ class Trainer:
                                     erasing_p=cfg.train.erasing_p)
         # Every split is decoded and resized once per run, on first use.
         self._decoded: dict[str, DecodedImages] = {}
+        # True identities of the training split, for diagnostics only (never trained on);
+        # None when the split does not carry them (all images share one pid).
+        pids = np.array([s.pid for s in data.train], dtype=np.int64)
+        self._identities = pids if len(np.unique(pids)) > 1 else None
         self.state = TrainState()
         self._writer = None
         # The self-attention aggregator of CSA/HPS, built at the first epoch that needs it
@@ -166,6 +171,10 @@ class Trainer:
         epoch_labels = self.assign_labels(features, epoch)
         record.update(time_cluster=time.perf_counter() - start,
                       clusters=epoch_labels.num_clusters, outliers=epoch_labels.num_outliers)
+        if self._identities is not None and not epoch_labels.instance:
+            start = time.perf_counter()
+            record.update(pseudo_label_quality(epoch_labels.labels, self._identities))
+            record["time_diagnostics"] = time.perf_counter() - start
         if epoch_labels.num_clusters < 2:
             logger.warning(
                 "epoch %d skipped: clustering (eps=%s, min_samples=%d) found %d cluster(s) and "

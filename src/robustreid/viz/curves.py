@@ -8,7 +8,8 @@
 ``clusters``, ``outliers``, ``loss`` and the seconds spent per phase (``time_extract``,
 ``time_cluster``, ``time_memory``, ``time_train``), plus the ranking metrics and
 ``time_eval`` on evaluated epochs. An epoch whose clustering found too few clusters has
-``"skipped": true`` and no ``loss``.
+``"skipped": true`` and no ``loss``. On data whose training split carries identities, epochs
+also report the pseudo-labels' agreement with them (:data:`QUALITY_KEYS`, ``pl_*``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from robustreid.clustering.quality import QUALITY_KEYS
 from robustreid.io import atomic_write
 
 if TYPE_CHECKING:
@@ -32,7 +34,10 @@ PHASES = ("extract", "cluster", "memory", "train", "eval")
 
 _FRACTION_KEYS = ("mAP", "mINP", "rank1", "rank5")
 _NUMBER_KEYS = ("lr", "clusters", "outliers", "loss", *_FRACTION_KEYS,
-                *(f"time_{phase}" for phase in PHASES))
+                *(f"time_{phase}" for phase in PHASES), *QUALITY_KEYS)
+#: Pseudo-label quality series drawn in their own panel (fractions in [0, 1]).
+QUALITY_PLOTTED = {"pl_precision": "pairwise precision", "pl_recall": "pairwise recall",
+                   "pl_fscore": "pairwise F", "pl_ari": "ARI", "pl_nmi": "NMI"}
 
 
 def metrics_path(metrics_jsonl_or_run_dir: str | Path) -> Path:
@@ -121,6 +126,8 @@ class TrainingCurves:
         times: phase name (see :data:`PHASES`) -> seconds per ``time_epochs`` entry (0 where
             the phase did not run); only phases some epoch reports.
         skipped: epochs skipped because clustering found fewer than 2 clusters.
+        quality_epochs: epochs that report pseudo-label quality against true identities.
+        quality: key of :data:`QUALITY_PLOTTED` -> value per ``quality_epochs`` entry.
         all_epochs: every epoch in the file, sorted.
     """
 
@@ -136,6 +143,8 @@ class TrainingCurves:
     times: dict[str, list[float]] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)
     all_epochs: list[int] = field(default_factory=list)
+    quality_epochs: list[int] = field(default_factory=list)
+    quality: dict[str, list[float]] = field(default_factory=dict)
 
 
 def training_curves(records: list[dict[str, Any]]) -> TrainingCurves:
@@ -163,13 +172,18 @@ def training_curves(records: list[dict[str, Any]]) -> TrainingCurves:
                 curves.times[phase].append(float(rec.get(f"time_{phase}", 0.0)))
         if rec.get("skipped", False):
             curves.skipped.append(epoch)
+        if all(key in rec for key in QUALITY_PLOTTED):
+            curves.quality_epochs.append(epoch)
+            for key in QUALITY_PLOTTED:
+                curves.quality.setdefault(key, []).append(float(rec[key]))
     return curves
 
 
 def training_curves_figure(curves: TrainingCurves, title: str | None = None) -> Figure:
     """A 2 x 2 figure (Agg canvas, no display): test mAP and rank-1 (%), clusters and outliers,
     training loss, and seconds per phase (stacked bars), all against the epoch. Skipped epochs
-    are shaded grey in every panel; a panel without data says "no data".
+    are shaded grey in every panel; a panel without data says "no data". When the records
+    carry pseudo-label quality, a fifth panel (2 x 3 figure) draws it.
 
     Lines carry their series name as label (``"mAP"``, ``"rank-1"``, ``"clusters"``,
     ``"outliers"``, ``"loss"``); bar containers carry the phase name.
@@ -178,9 +192,21 @@ def training_curves_figure(curves: TrainingCurves, title: str | None = None) -> 
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(12, 8), dpi=100, layout="constrained")
+    with_quality = bool(curves.quality_epochs)
+    fig = Figure(figsize=(18 if with_quality else 12, 8), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    (ax_acc, ax_labels), (ax_loss, ax_time) = fig.subplots(2, 2)
+    grid = fig.subplots(2, 3 if with_quality else 2)
+    (ax_acc, ax_labels), (ax_loss, ax_time) = grid[0][:2], grid[1][:2]
+    panels = [ax_acc, ax_labels, ax_loss, ax_time]
+    if with_quality:
+        ax_quality = grid[0][2]
+        fig.delaxes(grid[1][2])
+        panels.append(ax_quality)
+        ax_quality.set_title("Pseudo-labels against the true identities")
+        for key, name in QUALITY_PLOTTED.items():
+            ax_quality.plot(curves.quality_epochs, curves.quality[key], "o-", label=name)
+        ax_quality.set_ylim(0, 1.05)
+        ax_quality.legend(loc="lower right", fontsize=8)
     epochs = curves.all_epochs or [0]
     xlim = (min(epochs) - 0.6, max(epochs) + 0.6)
 
@@ -232,7 +258,7 @@ def training_curves_figure(curves: TrainingCurves, title: str | None = None) -> 
     else:
         _no_data(ax_time, "no phase times recorded")
 
-    for index, ax in enumerate((ax_acc, ax_labels, ax_loss, ax_time)):
+    for index, ax in enumerate(panels):
         _mark_skipped(ax, curves.skipped, with_label=index == 2 and bool(curves.loss_epochs))
         ax.set_xlim(*xlim)
         ax.set_xlabel("epoch")
