@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 from collections import Counter
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 from PIL import Image
 
 import robustreid.data.synth as synth
+from robustreid.cli import build_parser, synth_config_from_args
+from robustreid.config import load_config
+from robustreid.data import build_dataset
 from robustreid.data.synth import (
     VIEWS,
     SynthConfig,
@@ -29,6 +33,12 @@ from robustreid.evaluation.handcrafted import (
 
 NAME = re.compile(r"^(\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
+REPO = Path(__file__).resolve().parents[1]
+# every hard case switched on (for tiny sets)
+HARD: dict[str, object] = dict(
+    lookalike_rate=0.5, lookalike_detail_prob=0.5, person_occlusion_prob=0.4,
+    crop_error_prob=0.4, color_cast=1.0, camera_blur=1.0, lowres_cameras=1,
+)
 
 
 def parse(folder: Path) -> list[tuple[int, int, Path]]:
@@ -103,10 +113,15 @@ def test_image_size(small_set: tuple[Path, dict]) -> None:
                 assert im.size == (64, 128) and im.mode == "RGB"
 
 
-def test_determinism(tmp_path: Path, small_set: tuple[Path, dict]) -> None:
+@pytest.mark.parametrize("hard", [False, True], ids=["default", "hard_cases"])
+def test_determinism(tmp_path: Path, small_set: tuple[Path, dict], hard: bool) -> None:
     root, _ = small_set
+    effects = HARD if hard else {}
+    if hard:
+        root = tmp_path / "first"
+        generate_synthperson(root, SynthConfig.small(**effects), progress=False)
     # the same seed gives identical bytes, whatever the number of workers
-    again = generate_synthperson(tmp_path / "a", SynthConfig.small(num_workers=2),
+    again = generate_synthperson(tmp_path / "a", SynthConfig.small(num_workers=2, **effects),
                                  progress=False)
     files = sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(tmp_path / "a")
@@ -115,7 +130,7 @@ def test_determinism(tmp_path: Path, small_set: tuple[Path, dict]) -> None:
         assert (root / rel).read_bytes() == (tmp_path / "a" / rel).read_bytes(), rel
     assert again["num_images"] == len(files) - 1
     # another seed gives another data set
-    generate_synthperson(tmp_path / "b", SynthConfig.small(seed=1), progress=False)
+    generate_synthperson(tmp_path / "b", SynthConfig.small(seed=1, **effects), progress=False)
     first = sorted((root / "query").iterdir())[0].read_bytes()
     other = sorted((tmp_path / "b" / "query").iterdir())[0].read_bytes()
     assert first != other
@@ -220,3 +235,200 @@ def test_handcrafted_features(small_set: tuple[Path, dict]) -> None:
     assert load_images(paths[:2], size=(64, 32)).shape == (2, 64, 32, 3)
     with pytest.raises(ValueError):
         color_histogram_features(imgs.astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------
+# The Market-1501 preset and the hard cases
+# --------------------------------------------------------------------------------------
+def within(value: float, target: float, tol: float = 0.05) -> bool:
+    """``value`` within ``tol`` (relative) of ``target``."""
+    return abs(value - target) <= tol * target
+
+
+def test_market_preset_plans_market_counts() -> None:
+    cfg = SynthConfig.market()
+    assert (cfg.num_cameras, cfg.height, cfg.width, cfg.seed) == (6, 128, 64, 0)
+    jobs, s = synth._plan(cfg, Path("unused"))  # plans only: nothing is rendered
+    assert (s["num_train_ids"], s["num_query_ids"], s["num_gallery_ids"]) == (751, 750, 750)
+    # Market-1501: 12,936 train, 3,368 query, 15,913 gallery images (2,793 distractors)
+    assert within(s["num_train_images"], 12936), s
+    assert within(s["num_query_images"], 3368), s
+    assert within(s["num_gallery_images"], 15913), s
+    assert within(s["num_distractors"], 2793), s
+    assert within(s["num_gallery_images"] - s["num_distractors"], 15913 - 2793), s
+    assert within(s["num_query_images"] / 750, 4.5, 0.06)  # one query per camera
+    assert within(s["num_train_images"] / 751, 17.2, 0.06)
+    assert s["num_cameras"] == 6 and len(jobs) == s["num_images"]
+    assert {j.camera for j in jobs} == set(range(6))
+    # every hard case is on
+    assert cfg.lookalike_detail_prob > 0 and cfg.person_occlusion_prob > 0
+    assert cfg.crop_error_prob > 0 and cfg.color_cast > 0 and cfg.camera_blur > 0
+    assert cfg.lowres_cameras > 0 and cfg.lookalike_rate > SynthConfig().lookalike_rate
+    assert SynthConfig.market(seed=3, num_test_ids=10).num_test_ids == 10
+
+
+def render_set(root: Path, config: SynthConfig) -> dict[str, bytes]:
+    """Generate ``config`` under ``root``; returns {``split/name``: file bytes}."""
+    generate_synthperson(root, config, progress=False)
+    return {f"{p.parent.name}/{p.name}": p.read_bytes()
+            for p in sorted(root.rglob("*.jpg"))}
+
+
+def camera_of(key: str) -> int:
+    """0-based camera of a ``split/name`` key."""
+    m = NAME.match(key.split("/")[1])
+    assert m is not None
+    return int(m.group(2)) - 1
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The tiny set without any hard case."""
+    return render_set(tmp_path_factory.mktemp("base") / "s", SynthConfig.small())
+
+
+def changed(files: dict[str, bytes], baseline: dict[str, bytes]) -> set[str]:
+    """Keys whose bytes differ from ``baseline`` (both sets have the same files)."""
+    assert files.keys() == baseline.keys()
+    return {k for k in files if files[k] != baseline[k]}
+
+
+def test_effects_off_keep_the_default_output(tmp_path: Path,
+                                             baseline: dict[str, bytes]) -> None:
+    # strengths without their probabilities / camera counts change nothing
+    cfg = SynthConfig.small(crop_error_strength=2.0, lowres_scale=0.3, lookalike_detail_prob=0.0)
+    assert not changed(render_set(tmp_path / "s", cfg), baseline)
+    assert build_identities(cfg) == build_identities(SynthConfig.small())
+    assert make_cameras(cfg) == make_cameras(SynthConfig.small())
+    assert all(c.resolution == 1.0 for c in make_cameras(SynthConfig()))
+    # ... and the marker of a set without hard cases names none of their fields
+    assert not set(synth._EFFECT_FIELDS) & set(synth._config_dict(SynthConfig.small()))
+    assert "color_cast" in synth._config_dict(SynthConfig.small(color_cast=0.5))
+
+
+def test_person_occlusion_changes_exactly_the_occluded_images(
+        tmp_path: Path, baseline: dict[str, bytes]) -> None:
+    cfg = SynthConfig.small(person_occlusion_prob=0.5)
+    jobs, _ = synth._plan(cfg, Path("p"))
+    def key(job: synth._Job) -> str:
+        return f"{Path(job.path).parent.name}/{Path(job.path).name}"
+
+    occluded = {key(j) for j in jobs if j.occluder is not None}
+    assert 0 < len(occluded) < len(jobs)
+    diff = changed(render_set(tmp_path / "s", cfg), baseline)
+    # a distractor's bad crop may push person and occluder out of the picture
+    assert {key(j) for j in jobs if j.occluder is not None and not j.bad_crop} <= diff
+    assert diff <= occluded
+
+
+def test_crop_errors_change_detections_not_queries(tmp_path: Path,
+                                                   baseline: dict[str, bytes]) -> None:
+    files = render_set(tmp_path / "s", SynthConfig.small(crop_error_prob=1.0))
+    diff = changed(files, baseline)
+    assert not any(k.startswith("query/") for k in diff)  # hand-drawn boxes
+    assert {k for k in files if k.startswith("bounding_box_train/")} <= diff
+    # the box geometry: cut head, cut feet, slid sideways or padded
+    boxes = [synth._crop_error(np.random.default_rng(i), 1.0) for i in range(200)]
+    assert any(b0 > 0.02 for b0, _, _ in boxes) and any(b1 < 0.96 for _, b1, _ in boxes)
+    assert any(b1 - b0 > 1.3 for b0, b1, _ in boxes) and any(abs(d) > 0.12 for *_, d in boxes)
+    assert all(0.5 < b1 - b0 < 2.0 for b0, b1, _ in boxes)
+
+
+def test_colour_cast_and_blur_change_the_cameras(tmp_path: Path,
+                                                 baseline: dict[str, bytes]) -> None:
+    plain = make_cameras(SynthConfig.small())
+    cast = make_cameras(SynthConfig.small(color_cast=1.0))
+    shifts = [np.log(np.divide(c.gains, p.gains)) for c, p in zip(cast, plain, strict=True)]
+    for shift in shifts:
+        assert abs(shift.sum()) < 1e-9  # a hue cast, brightness kept
+        assert 0.045 < np.linalg.norm(shift) < 0.085
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(shifts) for b in shifts[:i]) > 0.01
+    assert changed(render_set(tmp_path / "c", SynthConfig.small(color_cast=1.0)),
+                   baseline) == set(baseline)
+    blurred = make_cameras(SynthConfig.small(camera_blur=1.0))
+    extra = [b.blur - p.blur for b, p in zip(blurred, plain, strict=True)]
+    assert min(extra) >= 0 and max(extra) > 0.7
+    diff = changed(render_set(tmp_path / "b", SynthConfig.small(camera_blur=1.0)), baseline)
+    assert diff and all(extra[camera_of(k)] > 0 for k in diff)
+
+
+def sharpness(files: dict[str, bytes], keys: set[str]) -> float:
+    """Mean absolute horizontal gradient of the images ``keys``."""
+    grads = []
+    for k in sorted(keys):
+        with Image.open(io.BytesIO(files[k])) as im:
+            a = np.asarray(im.convert("L"), dtype=np.float32)
+        grads.append(np.abs(np.diff(a, axis=1)).mean())
+    return float(np.mean(grads))
+
+
+def test_low_resolution_cameras(tmp_path: Path, baseline: dict[str, bytes]) -> None:
+    cfg = SynthConfig.small(lowres_cameras=2, lowres_scale=0.4)
+    cams = make_cameras(cfg)
+    low = {c.index for c in cams if c.resolution < 1}
+    assert len(low) == 2 and all(0.3 < cams[i].resolution < 0.5 for i in low)
+    files = render_set(tmp_path / "s", cfg)
+    diff = changed(files, baseline)
+    assert diff == {k for k in files if camera_of(k) in low}
+    assert sharpness(files, diff) < 0.8 * sharpness(baseline, diff)
+    with Image.open(io.BytesIO(files[sorted(diff)[0]])) as im:
+        assert im.size == (64, 128)
+
+
+def test_near_duplicate_lookalike_families(tmp_path: Path,
+                                           baseline: dict[str, bytes]) -> None:
+    cfg = SynthConfig.small(num_test_ids=30, lookalike_rate=1.0, lookalike_detail_prob=1.0)
+    groups = {"pattern": {"upper_pattern"}, "bag": {"bag_type", "bag_color"},
+              "shoes": {"shoes"}, "hair": {"hair", "hair_style"}, "sleeves": {"sleeves"}}
+    detail_fields = set().union(*groups.values())
+    people = build_identities(cfg)["test"]
+    for i, person in enumerate(people[1:], start=1):
+        best = None
+        for model in people[:i]:
+            diff = {f.name for f in dataclasses.fields(person)
+                    if getattr(person, f.name) != getattr(model, f.name)} - {"height", "build"}
+            if diff <= detail_fields:
+                n = sum(bool(diff & g) for g in groups.values())
+                best = n if best is None else min(best, n)
+            assert abs(person.height - model.height) < 0.2
+        # a family member of an earlier identity: one or two details differ
+        assert best is not None and best <= 2, (i, person)
+    files = render_set(tmp_path / "s", SynthConfig.small(lookalike_rate=0.5,
+                                                         lookalike_detail_prob=1.0))
+    assert changed(files, baseline)
+
+
+def test_cli_preset_market_with_overrides() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["synth", "--preset", "market", "--out", "x", "--seed", "4",
+                              "--train-ids", "100", "--camera-prob", "0.6",
+                              "--images-per-camera", "2", "3", "--query-cameras", "3",
+                              "--set", "person_occlusion_prob=0.3",
+                              "--set", "lowres_cameras=1", "--workers", "1"])
+    assert synth_config_from_args(args) == SynthConfig.market(
+        seed=4, num_train_ids=100, camera_prob=0.6, images_per_camera=(2, 3),
+        max_query_cameras=3, person_occlusion_prob=0.3, lowres_cameras=1, num_workers=1)
+    plain = synth_config_from_args(parser.parse_args(["synth", "--out", "x"]))
+    assert plain == SynthConfig()
+    market = synth_config_from_args(parser.parse_args(["synth", "--preset", "market",
+                                                       "--out", "x"]))
+    assert market == SynthConfig.market()
+    for bad in ("nope=1", "color_cast", "lowres_cameras=0.5", "seed=3"):
+        with pytest.raises(ValueError):
+            synth_config_from_args(parser.parse_args(["synth", "--out", "x", "--set", bad]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["synth", "--preset", "duke", "--out", "x"])
+
+
+def test_market_config_reads_its_folder(tmp_path: Path) -> None:
+    cfg = load_config(REPO / "configs" / "synthperson_market.yaml")
+    assert (cfg.data.dataset, cfg.data.root) == ("synthperson", "data")
+    assert cfg.data.options == {"folder": "synthperson_market"}
+    assert (cfg.data.height, cfg.data.width) == (128, 64)
+    assert (cfg.model.arch, cfg.model.pretrained) == ("mobilenet_v2", "imagenet")
+    generate_synthperson(tmp_path / "synthperson_market",
+                         SynthConfig.small(num_train_ids=2, num_test_ids=2, num_distractors=1),
+                         progress=False)
+    data = build_dataset(cfg.data.dataset, tmp_path, **cfg.data.options)
+    assert data.root == str(tmp_path / "synthperson_market")
+    assert len({s.pid for s in data.train}) == 2

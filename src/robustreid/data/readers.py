@@ -179,17 +179,27 @@ def personx(root: PathLike, *, verify_images: bool = False, **options: object) -
 
 
 @register_dataset("synthperson")
-def synthperson(root: PathLike, *, verify_images: bool = False, **options: object) -> ReIDData:
+def synthperson(
+    root: PathLike,
+    *,
+    verify_images: bool = False,
+    folder: str = "synthperson",
+    **options: object,
+) -> ReIDData:
     """The built-in synthetic set, written in Market layout.
 
-    Searched, in order: ``ROOT/synthperson`` and ``ROOT``. Accepts .jpg, .jpeg and .png
+    Searched, in order: ``ROOT/FOLDER`` and ``ROOT``. Accepts .jpg, .jpeg and .png
     files. Pid 0 is an ordinary identity here (no distractors); pid -1 is still dropped.
+
+    Args:
+        folder: the set's folder under ``ROOT``, e.g. ``synthperson_market`` for the
+            Market-sized set (``robustreid synth --preset market``).
     """
     check_options("synthperson", options, ())
     root = _root(root)
     return load_market_like(
         "synthperson",
-        [root / "synthperson", root],
+        [root / folder, root],
         exts=ANY_IMAGE,
         distractor_pid=None,
         verify=verify_images,

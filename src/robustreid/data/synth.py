@@ -7,6 +7,14 @@ nuisances (illumination colour and brightness, background texture, viewpoint dis
 scale and crop jitter, blur, occluders) and each image has its own pose and colour noise.
 Attributes come from small palettes, so look-alike identities exist.
 
+Hard cases of real data, off by default (:class:`SynthConfig` fields) and on in the
+Market-sized preset :meth:`SynthConfig.market`: near-duplicate look-alike families (same
+colours, one or two details changed), pedestrians partly in front of the person, detector
+crop errors (head, feet or a side cut, or a loose box), strong per-camera colour casts,
+extra per-camera blur and low-resolution cameras (rendered small, upsampled). Their
+randomness comes from streams of their own, so with every one of them off the output is
+byte-identical to the generator before they existed.
+
 Layout written by :func:`generate_synthperson` (Market-1501 naming,
 ``PPPP_cCsS_FFFFFF_NN.jpg``, pid and camera 1-based, distractors pid ``0000``)::
 
@@ -26,6 +34,9 @@ Typical use::
     from robustreid.data.synth import SynthConfig, generate_synthperson
     summary = generate_synthperson("data/synthperson")            # ~4,800 images
     summary = generate_synthperson("/tmp/tiny", SynthConfig.small())  # a few dozen
+    summary = generate_synthperson("data/synthperson_market", SynthConfig.market())
+
+The Market-sized set (~32,500 images) takes ~2.5 min wall on 2 cores (``num_workers=2``).
 """
 
 from __future__ import annotations
@@ -130,7 +141,32 @@ class SynthConfig:
             mAP), larger = harder.
         lookalike_rate: probability that an identity copies the clothing colours of an
             earlier identity of its split (a deliberate look-alike).
+        lookalike_detail_prob: fraction of the look-alikes that are near-duplicates: they
+            copy *all* of the model's attributes (colours, skin, body) and change only one
+            or two details (upper pattern, bag, shoes, hair, sleeve length). Chains of
+            look-alikes form families. 0 = plain colour look-alikes only.
+        person_occlusion_prob: probability that another pedestrian (another identity of
+            the split, or a stranger) is composited partly in front of the person.
+        crop_error_prob: probability that a train or gallery crop is a poor detector box
+            that cuts the head, the feet or one side, or pads the person with background
+            (queries are hand-drawn boxes, as in Market-1501, and keep good crops).
+        crop_error_strength: size of those crop errors (1 = up to ~25 % of the body cut
+            or ~40 % padding, 0 = negligible).
+        color_cast: strength of an extra per-camera white-balance cast, every camera a
+            different hue (1 = log-RGB gains of norm 0.05-0.08, i.e. up to ~7 % per
+            channel on top of the cameras' own illumination; 0 = none; 3 already makes
+            colour histograms useless across cameras).
+        camera_blur: extra per-camera blur: each camera adds up to this Gaussian radius in
+            output pixels (uniform over cameras).
+        lowres_cameras: how many cameras capture at low resolution (rendered smaller and
+            upsampled to the output size).
+        lowres_scale: capture resolution of those cameras as a fraction of the output size
+            (about +-15 % per camera).
         num_workers: worker processes for rendering (0 or 1 = in-process).
+
+    The fields from ``lookalike_detail_prob`` to ``lowres_scale`` switch on the hard cases
+    of real data; at their defaults the output is byte-identical to the generator before
+    they existed (and they are left out of ``synthperson.json``).
     """
 
     num_train_ids: int = 200
@@ -147,6 +183,14 @@ class SynthConfig:
     jpeg_quality: int = 90
     nuisance: float = 1.0
     lookalike_rate: float = 0.15
+    lookalike_detail_prob: float = 0.0
+    person_occlusion_prob: float = 0.0
+    crop_error_prob: float = 0.0
+    crop_error_strength: float = 1.0
+    color_cast: float = 0.0
+    camera_blur: float = 0.0
+    lowres_cameras: int = 0
+    lowres_scale: float = 0.5
     num_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -171,6 +215,16 @@ class SynthConfig:
             raise ValueError("num_distractors and nuisance must be >= 0")
         if not 1 <= self.jpeg_quality <= 95:
             raise ValueError("jpeg_quality must be in [1, 95]")
+        probs = (self.lookalike_detail_prob, self.person_occlusion_prob, self.crop_error_prob)
+        if not all(0.0 <= p <= 1.0 for p in probs):
+            raise ValueError("lookalike_detail_prob, person_occlusion_prob and "
+                             "crop_error_prob must be probabilities")
+        if min(self.crop_error_strength, self.color_cast, self.camera_blur) < 0:
+            raise ValueError("crop_error_strength, color_cast and camera_blur must be >= 0")
+        if not 0 <= self.lowres_cameras <= self.num_cameras:
+            raise ValueError("lowres_cameras must be in [0, num_cameras]")
+        if not 0.1 <= self.lowres_scale <= 1.0:
+            raise ValueError("lowres_scale must be in [0.1, 1]")
 
     @classmethod
     def small(cls, seed: int = 0, **overrides: object) -> SynthConfig:
@@ -181,6 +235,40 @@ class SynthConfig:
         )
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]
+
+    @classmethod
+    def market(cls, seed: int = 0, **overrides: object) -> SynthConfig:
+        """Market-1501's scale and difficulty (~32,000 images; ~2-3 min on 2 cores).
+
+        Market-1501: 751 train identities in 12,936 images; 750 test identities with
+        3,368 queries (one per camera an identity appears in, ~4.5 per identity) and
+        15,913 gallery images, 2,793 of them distractors; 6 cameras; 128 x 64 crops.
+        Here every identity appears in each camera with probability 0.73 (4.4 cameras on
+        average), with 1-7 images per camera (4 on average), which plans 751 / 13,047
+        train, 750 / 3,356 query and 750 / 16,164 gallery (2,800 distractors) for seed 0
+        (all within 2 % of Market's counts), and every hard case is on: near-duplicate
+        look-alike families, pedestrians occluding pedestrians, detector crop errors,
+        strong camera colour casts, blurry and low-resolution cameras.
+        ``overrides`` replace any field.
+        """
+        base: dict[str, object] = dict(
+            num_train_ids=751, num_test_ids=750, num_cameras=6, images_per_camera=(1, 7),
+            camera_prob=0.73, min_cameras=2, max_query_cameras=6, height=128, width=64,
+            num_distractors=2800, seed=seed, nuisance=1.0, lookalike_rate=0.4,
+            lookalike_detail_prob=0.5, person_occlusion_prob=0.15, crop_error_prob=0.2,
+            crop_error_strength=1.0, color_cast=1.0, camera_blur=0.8, lowres_cameras=2,
+            lowres_scale=0.5, num_workers=2,
+        )
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]
+
+
+# Fields added after the first release: left out of synthperson.json at their defaults, so
+# that sets written before them keep matching (and are not re-rendered).
+_EFFECT_FIELDS: tuple[str, ...] = (
+    "lookalike_detail_prob", "person_occlusion_prob", "crop_error_prob",
+    "crop_error_strength", "color_cast", "camera_blur", "lowres_cameras", "lowres_scale",
+)
 
 
 @dataclass(frozen=True)
@@ -232,6 +320,8 @@ class CameraProfile:
         occlusion_prob: probability that an occluder covers part of the person.
         occluder_probs: probabilities of ``OCCLUDERS``.
         occluder_color: colour of poles and boxes.
+        resolution: capture resolution as a fraction of the output size; below 1 the
+            image is rendered that small and upsampled (a low-resolution camera).
     """
 
     index: int
@@ -252,6 +342,7 @@ class CameraProfile:
     occlusion_prob: float
     occluder_probs: tuple[float, float, float]
     occluder_color: Color = field(default=(120, 120, 125))
+    resolution: float = 1.0
 
 
 # --------------------------------------------------------------------------------------
@@ -297,11 +388,48 @@ def _lookalike(rng: np.random.Generator, model: PersonAttributes) -> PersonAttri
     )
 
 
+_DETAILS: tuple[str, ...] = ("pattern", "bag", "shoes", "hair", "sleeves")
+"""What a near-duplicate look-alike changes (one or two of these)."""
+
+
+def _others(items: Sequence[T], current: T) -> list[T]:
+    """``items`` without ``current``."""
+    return [x for x in items if x != current]
+
+
+def _near_duplicate(rng: np.random.Generator, model: PersonAttributes) -> PersonAttributes:
+    """A family member of ``model``: the same colours, skin and body, one or two details
+    (upper pattern, bag, shoes, hair, sleeves) changed, height and build jittered."""
+    changes: dict[str, object] = {}
+    k = 1 + int(rng.random() < 0.5)
+    for i in rng.permutation(len(_DETAILS))[:k]:
+        detail = _DETAILS[int(i)]
+        if detail == "pattern":
+            changes["upper_pattern"] = _pick(rng, _others(PATTERNS, model.upper_pattern))
+        elif detail == "bag":
+            changes["bag_type"] = _pick(rng, _others(BAG_TYPES, model.bag_type))
+            changes["bag_color"] = _pick(rng, BAG, BAG_P)
+        elif detail == "shoes":
+            changes["shoes"] = _pick(rng, _others(SHOES, model.shoes))
+        elif detail == "hair":
+            if rng.random() < 0.5:
+                changes["hair_style"] = _pick(rng, _others(HAIR_STYLES, model.hair_style))
+            else:
+                changes["hair"] = _pick(rng, _others(HAIR, model.hair))
+        else:
+            changes["sleeves"] = "short" if model.sleeves == "long" else "long"
+    changes["height"] = float(np.clip(model.height + rng.normal(0, 0.02), 0.9, 1.0))
+    changes["build"] = float(np.clip(model.build + rng.normal(0, 0.04), 0.85, 1.2))
+    return dataclasses.replace(model, **changes)  # type: ignore[arg-type]
+
+
 def build_identities(config: SynthConfig) -> dict[str, list[PersonAttributes]]:
     """The attributes of all identities, ``{"train": [...], "test": [...]}``.
 
     Deterministic by ``config.seed``; train and test are drawn from the same distribution,
-    look-alikes are only made within a split.
+    look-alikes are only made within a split. A look-alike copies an earlier identity
+    (which may itself be a look-alike, so families form): its clothing colours, or with
+    ``config.lookalike_detail_prob`` everything but one or two details.
     """
     rng = np.random.default_rng([config.seed, 1000])
     out: dict[str, list[PersonAttributes]] = {}
@@ -309,7 +437,11 @@ def build_identities(config: SynthConfig) -> dict[str, list[PersonAttributes]]:
         people: list[PersonAttributes] = []
         for _ in range(count):
             if people and rng.random() < config.lookalike_rate:
-                people.append(_lookalike(rng, people[int(rng.integers(len(people)))]))
+                model = people[int(rng.integers(len(people)))]
+                # no draw when near-duplicates are off: the default identities are unchanged
+                near = (config.lookalike_detail_prob > 0
+                        and rng.random() < config.lookalike_detail_prob)
+                people.append(_near_duplicate(rng, model) if near else _lookalike(rng, model))
             else:
                 people.append(sample_attributes(rng))
         out[split] = people
@@ -320,7 +452,9 @@ def make_cameras(config: SynthConfig) -> list[CameraProfile]:
     """The camera profiles of a data set (deterministic by ``config.seed``).
 
     Illumination temperature and brightness are stratified over the cameras (then
-    shuffled), so every seed has a similar spread of nuisances.
+    shuffled), so every seed has a similar spread of nuisances. ``config.color_cast``,
+    ``camera_blur`` and ``lowres_cameras`` then degrade the cameras further
+    (:func:`_degrade_cameras`).
     """
     n, s = config.num_cameras, config.nuisance * _NUISANCE_UNIT
     rng = np.random.default_rng([config.seed, 2000])
@@ -365,7 +499,45 @@ def make_cameras(config: SynthConfig) -> list[CameraProfile]:
             occluder_probs=tuple(float(v) for v in occ_p),  # type: ignore[arg-type]
             occluder_color=_to_color(rng.uniform(40, 200) + rng.normal(0, 15, 3)),
         ))
+    if config.color_cast > 0 or config.camera_blur > 0 or config.lowres_cameras > 0:
+        cams = _degrade_cameras(cams, config)
     return cams
+
+
+# norm of the log-gain cast at SynthConfig.color_cast == 1 (calibrated on the market
+# preset: 0.08 roughly doubles the cameras' own illumination spread and takes the colour
+# histogram floor from ~7 % to ~4.5 % mAP on 300 test identities; 0.25 drives it to chance)
+_CAST_UNIT = 0.08
+
+
+def _degrade_cameras(cams: list[CameraProfile], config: SynthConfig) -> list[CameraProfile]:
+    """``cams`` with the extra colour cast, blur and low resolution of ``config``.
+
+    Uses its own random stream (so the cameras' other nuisances stay those of the default)
+    and draws the same numbers whichever of the three effects are on. Cast hues are
+    stratified around the colour circle (in log-RGB, orthogonal to grey), so every camera
+    has a different white balance.
+    """
+    n = len(cams)
+    rng = np.random.default_rng([config.seed, 2001])
+    hues = rng.permutation(np.linspace(0.0, 2 * math.pi, n, endpoint=False))
+    hues = hues + rng.uniform(-0.3, 0.3, n)
+    norms = rng.uniform(0.6, 1.0, n)
+    blurs = rng.permutation(np.linspace(0.0, 1.0, n)) * rng.uniform(0.8, 1.0, n)
+    low = {int(i) for i in rng.permutation(n)[: config.lowres_cameras]}
+    res = config.lowres_scale * rng.uniform(0.85, 1.15, n)
+    e1 = np.array([1.0, -1.0, 0.0]) / math.sqrt(2.0)
+    e2 = np.array([1.0, 1.0, -2.0]) / math.sqrt(6.0)
+    out = []
+    for i, cam in enumerate(cams):
+        cast = (math.cos(hues[i]) * e1 + math.sin(hues[i]) * e2) * norms[i]
+        cast = cast * _CAST_UNIT * config.color_cast
+        gains = tuple(float(g * math.exp(c)) for g, c in zip(cam.gains, cast, strict=True))
+        out.append(dataclasses.replace(
+            cam, gains=gains, blur=cam.blur + float(blurs[i]) * config.camera_blur,
+            resolution=float(min(1.0, res[i])) if i in low else 1.0,
+        ))
+    return out
 
 
 def _to_color(x: Iterable[float]) -> Color:
@@ -681,8 +853,15 @@ def _apply_body_shading(arr: np.ndarray, mask: np.ndarray, body: _Body, width: f
 
 def _render(attrs: PersonAttributes, cam: CameraProfile, rng: np.random.Generator,
             height: int, width: int, view: str | None = None, bad_crop: bool = False,
-            occlusion: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Render one crop. Returns (uint8 (H, W, 3), bool (H, W) mask of the main person)."""
+            occlusion: bool = True, *, crop: tuple[float, float, float] | None = None,
+            occluder: PersonAttributes | None = None,
+            fx: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Render one crop. Returns (uint8 (H, W, 3), bool (H, W) mask of the main person).
+
+    ``crop`` (from :func:`_crop_error`) replaces the person's placement by a poor detector
+    box; ``occluder`` is a pedestrian drawn partly in front, with randomness from ``fx``.
+    Both leave the draws from ``rng`` unchanged, so the rest of the image stays the same.
+    """
     k = _SUPERSAMPLE
     ch, cw = height * k, width * k
     if view is None:
@@ -700,11 +879,19 @@ def _render(attrs: PersonAttributes, cam: CameraProfile, rng: np.random.Generato
     cx = cw / 2 + float(rng.normal(0, cam.shift_jitter)) * cw
     if bad_crop:
         cx += float(rng.choice((-1, 1))) * float(rng.uniform(0.15, 0.4)) * cw
+    if crop is not None:
+        # the box spans body heights b0..b1 (0 = top of head, 1 = soles), resized to ch
+        b0, b1, dx = crop
+        u = ch / (b1 - b0)
+        top = -b0 * u
+        cx += dx * cw
     body = _Body(cx, top, u)
     _draw_person(img, mask, attrs, view, body, rng)
     arr = np.asarray(img, dtype=np.float32).copy()
     m = np.asarray(mask) > 127
     _apply_body_shading(arr, m, body, 0.2 * attrs.build, rng)
+    if occluder is not None:
+        arr = _occlude_person(arr, occluder, body, fx if fx is not None else rng)
     if occlusion and rng.random() < cam.occlusion_prob:
         arr = _occlude(arr, cam, rng, u)
     return _finish(arr, m, cam, rng, height, width)
@@ -740,25 +927,81 @@ def _occlude(arr: np.ndarray, cam: CameraProfile, rng: np.random.Generator,
     return np.asarray(img, dtype=np.float32).copy()
 
 
+def _crop_error(rng: np.random.Generator, strength: float) -> tuple[float, float, float]:
+    """A poor detector box ``(b0, b1, dx)``: it spans body heights ``b0..b1`` (0 = top of
+    the head, 1 = soles) and is shifted by ``dx`` output widths. One of: head cut, feet
+    cut, a side cut (shifted box) or padded with background; ``strength`` scales the error.
+    """
+    s = strength
+    kind = int(rng.integers(4))
+    b0, b1 = float(rng.uniform(-0.1, -0.04)), float(rng.uniform(1.0, 1.06))
+    dx = float(rng.normal(0, 0.04))
+    if kind == 0:  # head cut
+        b0 = float(rng.uniform(0.03, 0.03 + 0.22 * s))
+    elif kind == 1:  # feet (and maybe knees) cut
+        b1 = 1.0 - float(rng.uniform(0.05, 0.05 + 0.25 * s))
+    elif kind == 2:  # box slid sideways: part of the body out of the crop
+        dx = float(rng.choice((-1, 1))) * float(rng.uniform(0.12, 0.12 + 0.18 * s))
+    else:  # loose box: lots of background around a small person
+        pad = float(rng.uniform(0.1, 0.1 + 0.4 * s))
+        lo = float(rng.uniform(0.2, 0.8))
+        b0, b1 = b0 - pad * lo, b1 + pad * (1 - lo)
+        dx = float(rng.normal(0, 0.08 * (1 + s)))
+    return b0, b1, dx
+
+
+def _occlude_person(arr: np.ndarray, other: PersonAttributes, body: _Body,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Composite the pedestrian ``other`` partly in front of the person at ``body``.
+
+    The occluder is nearer to the camera (larger, feet lower) and offset to one side so
+    that it covers roughly 10-60 % of the person's width. ``arr``: float (H, W, 3) canvas.
+    """
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    mask = Image.new("L", img.size, 0)
+    u = body.u * float(rng.uniform(1.0, 1.3))
+    cx = body.cx + float(rng.choice((-1, 1))) * float(rng.uniform(0.1, 0.28)) * body.sx
+    bottom = body.top + body.u * float(rng.uniform(1.0, 1.12))
+    near = _Body(cx, bottom - u, u)
+    _draw_person(img, mask, other, VIEWS[int(rng.integers(3))], near, rng)
+    out = np.asarray(img, dtype=np.float32).copy()
+    _apply_body_shading(out, np.asarray(mask) > 127, near, 0.2 * other.build, rng)
+    return out
+
+
 def _finish(arr: np.ndarray, mask: np.ndarray, cam: CameraProfile, rng: np.random.Generator,
             height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Illumination, down-sampling, blur and noise. Returns uint8 image and bool mask."""
+    """Illumination, down-sampling, blur and noise. Returns uint8 image and bool mask.
+
+    A low-resolution camera (``cam.resolution < 1``) does all of this at its capture size
+    and the result is upsampled (bilinear) to ``height x width``.
+    """
+    low = cam.resolution < 1.0
+    h, w = height, width
+    if low:
+        h, w = max(16, round(height * cam.resolution)), max(8, round(width * cam.resolution))
     gains = np.asarray(cam.gains, np.float32) * (1.0 + rng.normal(0, 0.03, 3)).astype(np.float32)
     bright = cam.brightness * float(np.exp(rng.normal(0, 0.07)))
     small = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).resize(
-        (width, height), Image.Resampling.BOX)
+        (w, h), Image.Resampling.BOX)
     blur = cam.blur * float(rng.uniform(0.6, 1.3))
+    if low:
+        blur *= w / width  # the radius is in output pixels
     if blur > 0.15:
         small = small.filter(ImageFilter.GaussianBlur(blur))
     out = np.asarray(small, dtype=np.float32)
     grey = out.mean(axis=2, keepdims=True)
     out = grey + (out - grey) * cam.saturation
-    ramp = 1.0 + cam.light_gradient * (np.linspace(-0.5, 0.5, height, dtype=np.float32))
+    ramp = 1.0 + cam.light_gradient * (np.linspace(-0.5, 0.5, h, dtype=np.float32))
     out = out * (gains * bright)[None, None] * ramp[:, None, None]
-    out += rng.normal(0, cam.noise, (height, width, 3))
+    out += rng.normal(0, cam.noise, (h, w, 3))
     m = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height),
                                                             Image.Resampling.BOX)
-    return np.clip(out, 0, 255).round().astype(np.uint8), np.asarray(m) > 127
+    img = np.clip(out, 0, 255).round().astype(np.uint8)
+    if low:
+        img = np.asarray(Image.fromarray(img).resize((width, height),
+                                                     Image.Resampling.BILINEAR))
+    return img, np.asarray(m) > 127
 
 
 def render_person(attrs: PersonAttributes, camera: CameraProfile, rng: np.random.Generator,
@@ -799,8 +1042,11 @@ class _Job:
     seed: tuple[int, ...]
     view: str | None = None
     bad_crop: bool = False
+    occluder: PersonAttributes | None = None  # a pedestrian partly in front
+    query: bool = False  # a hand-drawn query box: no detector crop error
 
 
+_EFFECT_STREAM = 77  # appended to a job's seed for the randomness of the hard cases
 def _encode_jpeg(img: np.ndarray, quality: int) -> bytes:
     """JPEG bytes of a uint8 RGB image (deterministic: no optimisation passes)."""
     buf = io.BytesIO()
@@ -814,8 +1060,15 @@ def _run_jobs(jobs: Sequence[_Job], cameras: Sequence[CameraProfile],
     for job in jobs:
         rng = np.random.default_rng(list(job.seed))
         attrs = job.attrs if job.attrs is not None else sample_attributes(rng)
+        # the hard cases draw from their own stream: the rest of the image is unchanged
+        fx = np.random.default_rng([*job.seed, _EFFECT_STREAM])
+        crop = None
+        if (config.crop_error_prob > 0 and not job.query and not job.bad_crop
+                and fx.random() < config.crop_error_prob):
+            crop = _crop_error(fx, config.crop_error_strength)
         img, _ = _render(attrs, cameras[job.camera], rng, config.height, config.width,
-                         view=job.view, bad_crop=job.bad_crop)
+                         view=job.view, bad_crop=job.bad_crop, crop=crop,
+                         occluder=job.occluder, fx=fx)
         with open(job.path, "wb") as fh:
             fh.write(_encode_jpeg(img, config.jpeg_quality))
     return len(jobs)
@@ -827,10 +1080,26 @@ def _worker(args: tuple[Sequence[_Job], Sequence[CameraProfile], SynthConfig]) -
 
 
 def _plan(config: SynthConfig, root: Path) -> tuple[list[_Job], dict[str, int]]:
-    """Every image to write (paths under ``root``) and the summary counts."""
+    """Every image to write (paths under ``root``) and the summary counts.
+
+    Cheap (no rendering): ``_plan(config, Path("x"))[1]`` gives the counts of a set
+    without writing anything.
+    """
     ids = build_identities(config)
     cameras = make_cameras(config)
     rng = np.random.default_rng([config.seed, 3000])
+    # occluding pedestrians come from their own stream, so the plan itself is unchanged
+    occ_rng = np.random.default_rng([config.seed, 4000])
+
+    def occluder(people: Sequence[PersonAttributes], me: int) -> PersonAttributes | None:
+        """Who walks in front of identity ``people[me]`` (``me`` = -1: a distractor)."""
+        if config.person_occlusion_prob <= 0 or occ_rng.random() >= config.person_occlusion_prob:
+            return None
+        if len(people) > 1 and occ_rng.random() < 0.5:  # another identity of the split
+            other = int(occ_rng.integers(len(people) - 1))
+            return people[other + (0 <= me <= other)]
+        return sample_attributes(occ_rng)  # a stranger
+
     lo, hi = config.images_per_camera
     n_cam = config.num_cameras
     jobs: list[_Job] = []
@@ -852,7 +1121,7 @@ def _plan(config: SynthConfig, root: Path) -> tuple[list[_Job], dict[str, int]]:
 
     pid = 0
     for split in ("train", "test"):
-        for attrs in ids[split]:
+        for index, attrs in enumerate(ids[split]):
             pid += 1
             cams = cameras_of()
             qcams = set()
@@ -872,7 +1141,8 @@ def _plan(config: SynthConfig, root: Path) -> tuple[list[_Job], dict[str, int]]:
                     fname = name(pid, cam, seq, frame + 5 * j, 1 + int(rng.integers(0, 3)))
                     v = view if rng.random() < 0.6 else None
                     jobs.append(_Job(str(dirs[dest] / fname), attrs, cam,
-                                     (config.seed, 1 + (split == "test"), pid, cam, j), v))
+                                     (config.seed, 1 + (split == "test"), pid, cam, j), v,
+                                     occluder=occluder(ids[split], index), query=is_query))
                     counts[dest] += 1
     for j in range(config.num_distractors):
         cam = int(rng.integers(n_cam))
@@ -880,7 +1150,8 @@ def _plan(config: SynthConfig, root: Path) -> tuple[list[_Job], dict[str, int]]:
         frame_next[cam] += int(rng.integers(5, 30))
         fname = name(0, cam, int(rng.integers(1, 7)), frame, 1 + j % 9)
         jobs.append(_Job(str(dirs["gallery"] / fname), None, cam, (config.seed, 9, j),
-                         bad_crop=bool(rng.random() < 0.3)))
+                         bad_crop=bool(rng.random() < 0.3),
+                         occluder=occluder(ids["test"], -1)))
         counts["gallery"] += 1
     summary = {
         "num_train_ids": config.num_train_ids,
@@ -902,6 +1173,10 @@ def _config_dict(config: SynthConfig) -> dict[str, object]:
     d = dataclasses.asdict(config)
     d["images_per_camera"] = list(config.images_per_camera)
     d.pop("num_workers")  # does not change the output
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in _EFFECT_FIELDS:
+        if d[name] == defaults[name]:
+            del d[name]  # off: the marker of a default set stays as it was
     return d
 
 
