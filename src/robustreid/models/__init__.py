@@ -2,19 +2,24 @@
 
 from robustreid.models.backbones import (
     BACKBONES,
+    MobileNetV2Trunk,
     ReIDModel,
     ResNetTrunk,
     build_model,
     build_model_from_spec,
     register_backbone,
     set_last_stride,
+    set_mobilenet_v2_last_stride,
 )
 from robustreid.models.layers import GeneralizedMeanPooling, build_pooling
 from robustreid.models.resnet_ibn import IBN, ResNetIBNa
 from robustreid.models.weights import (
+    IMAGENET_SETUPS,
+    ImageNetSetup,
     LoadReport,
     PretrainedWeightsNotCachedError,
     WeightsMismatchError,
+    imagenet_cache_file,
     imagenet_weights_path,
     load_pretrained,
     read_state_dict,
@@ -24,8 +29,11 @@ from robustreid.models.weights import (
 __all__ = [
     "BACKBONES",
     "IBN",
+    "IMAGENET_SETUPS",
     "GeneralizedMeanPooling",
+    "ImageNetSetup",
     "LoadReport",
+    "MobileNetV2Trunk",
     "PretrainedWeightsNotCachedError",
     "ReIDModel",
     "ResNetIBNa",
@@ -34,10 +42,12 @@ __all__ = [
     "build_model",
     "build_model_from_spec",
     "build_pooling",
+    "imagenet_cache_file",
     "imagenet_weights_path",
     "load_pretrained",
     "read_state_dict",
     "register_backbone",
     "register_imagenet_url",
     "set_last_stride",
+    "set_mobilenet_v2_last_stride",
 ]

