@@ -95,9 +95,9 @@ def test_base_yaml_equals_defaults_and_lists_every_key():
 def test_synthperson_config():
     cfg = load_config(CONFIG_DIR / "synthperson.yaml")
     assert cfg.data.dataset == "synthperson" and cfg.data.root == "data"
-    assert (cfg.data.height, cfg.data.width, cfg.data.num_workers) == (64, 32, 2)
-    assert cfg.model.arch == "resnet18"
-    assert cfg.model.pretrained == "none"
+    assert (cfg.data.height, cfg.data.width, cfg.data.num_workers) == (128, 64, 2)
+    assert cfg.model.arch == "mobilenet_v2"
+    assert cfg.model.pretrained == "imagenet"
     assert cfg.output_dir == "runs/synthperson"
     # inherited from base.yaml
     assert cfg.eval == EvalConfig() and cfg.model.pooling == "gem"
@@ -208,7 +208,7 @@ def test_overrides_with_type_conversion():
     assert cfg.data.root == "/tmp/my data"
     assert cfg.data.options == {"keep_val_apart": True, "split": {"id": 3}}
     assert cfg.seed == 0
-    assert cfg.data.width == 32  # untouched file value
+    assert cfg.data.width == 64  # untouched file value
 
 
 def test_override_wins_over_file_and_later_override_wins(tmp_path):

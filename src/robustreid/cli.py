@@ -318,11 +318,26 @@ def run_demo(args: argparse.Namespace) -> int:
     if not (target / "bounding_box_train").is_dir():
         logger.info("SynthPerson not found under %s: generating it", target)
         generate_synthperson(target, SynthConfig(seed=0), progress=sys.stderr.isatty())
-    train_config(cfg, resume=False)
+    last = train_config(cfg, resume=False)
+    _print_reference(args.config or "configs/synthperson.yaml", last)
     from robustreid.viz.curves import plot_training_curves
 
     print(f"training curves: {plot_training_curves(cfg.output_dir)}")
     return 0
+
+
+def _print_reference(config_path: str, last: dict[str, Any]) -> None:
+    """Print the supervised upper bound measured for ``config_path`` next to the demo's
+    result, from ``<config stem>.reference.json`` beside it (written by hand from a measured
+    run; see docs/RESULTS.md), when that file exists."""
+    ref_path = Path(config_path).with_suffix(".reference.json")
+    if not ref_path.is_file() or "mAP" not in last:
+        return
+    ref = json.loads(ref_path.read_text())
+    sup = ref["supervised"]
+    print(f"{'supervised':>16} | {100 * sup['mAP']:7.2f} | {100 * sup['rank1']:7.2f}   "
+          f"(upper bound: the same configuration trained on the true ids; {ref_path})")
+    print(f"unsupervised / supervised mAP: {last['mAP'] / sup['mAP']:.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
