@@ -88,3 +88,28 @@ def market_images(tmp_path):
     folder = tmp_path / "images"
     write_market_images(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op torch thread for a module: tiny inputs run much faster than with several
+    threads on a busy CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _empty_torch_home(tmp_path_factory):
+    """Tests never see the machine's torch hub cache: a test that needs ImageNet weights
+    must make its own fake file, so a green run here is green on a fresh machine."""
+    import os
+
+    previous = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch_home"))
+    yield
+    if previous is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = previous

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +35,7 @@ from robustreid.models.backbones import MOBILENET_V2_LAST_STRIDE_BLOCK
 FILENAME = "mobilenet_v2-deepsort-imagenet.pth"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,13 +28,7 @@ from robustreid.models.resnet_ibn import resnet50_ibn_a
 BUILTIN = {"resnet18": 512, "resnet50": 2048, "resnet50_ibn_a": 2048, "mobilenet_v2": 1280}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Tiny inputs: one intra-op thread is much faster than several on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -111,10 +111,11 @@ def test_resolve_device():
 def test_cli_evaluate_model_and_baselines(synth_root, tmp_path, capsys):
     out = tmp_path / "run"
     common = ["--config", "configs/synthperson.yaml", f"data.root={synth_root}",
-              f"output_dir={out}", "data.height=64", "data.width=32", "data.num_workers=0"]
+              f"output_dir={out}", "data.height=64", "data.width=32", "data.num_workers=0",
+              "model.pretrained=none"]
     assert main(["evaluate", *common]) == 0
     printed = capsys.readouterr().out
-    assert "mAP" in printed and "rank-1" in printed and "resnet18" in printed
+    assert "mAP" in printed and "rank-1" in printed and "mobilenet_v2" in printed
     metrics = json.loads((out / "eval_model.json").read_text())
     assert 0.0 < metrics["mAP"] <= 1.0
     assert (out / "config.yaml").is_file() and (out / "evaluate.log").is_file()
