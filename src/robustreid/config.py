@@ -177,7 +177,8 @@ class TrainConfig:
     erasing_p: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     # Evaluate every this many epochs (and always after the last); 0 = only at the end.
     eval_every: int = field(default=10, metadata={"ge": 0})
-    # Mixed precision and channels_last memory format; used on CUDA only.
+    # Mixed precision (CUDA only) and the channels_last memory format (every device: on the
+    # CPU it made MobileNetV2 train 29 % faster, benchmarks/input_pipeline.py).
     amp: bool = True
     channels_last: bool = True
     # Train on the true identities instead of pseudo-labels (the supervised upper bound).

@@ -97,7 +97,7 @@ class Trainer:
         self.on_iteration = on_iteration
         self.cuda = device.type == "cuda"
         self.model = model.to(device)
-        if self.cuda and cfg.train.channels_last:
+        if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad],
@@ -207,7 +207,7 @@ class Trainer:
         return embed_decoded(
             self.model, self.images(split), batch_size=self.cfg.data.test_batch_size,
             device=self.device, flip=split != "train" and self.cfg.eval.flip,
-            channels_last=self.cfg.train.channels_last and self.cuda, desc=f"extract {split}")
+            channels_last=self.cfg.train.channels_last, desc=f"extract {split}")
 
     def extract_train_features(self) -> torch.Tensor:
         """(N, D) L2-normalised features of every training image (eval mode, test transform)."""
@@ -334,7 +334,7 @@ class Trainer:
             images = train_images.batch(rows).to(self.device, non_blocking=True)
             images = self.augment(images, generator)
             targets = labels_t[rows].to(self.device, non_blocking=True)
-            if self.cuda and tc.channels_last:
+            if tc.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             feats, loss = contrastive_step(self.model, memory, images, targets,
                                            self.optimizer, self.scaler, self.amp)
