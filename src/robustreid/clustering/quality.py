@@ -55,8 +55,8 @@ def pseudo_label_quality(labels: np.ndarray, identities: np.ndarray) -> dict[str
     clusters[outlier] = labels.max(initial=-1) + 1 + np.arange(int(outlier.sum()))
     _, cluster_idx = np.unique(clusters, return_inverse=True)
     _, id_idx = np.unique(identities, return_inverse=True)
-    joint = cluster_idx * (int(id_idx.max()) + 1) + id_idx
-    _, cell_counts = np.unique(joint, return_counts=True)
+    num_ids = int(id_idx.max()) + 1
+    cells, cell_counts = np.unique(cluster_idx * num_ids + id_idx, return_counts=True)
     cluster_sizes = np.bincount(cluster_idx)
     id_sizes = np.bincount(id_idx)
 
@@ -75,8 +75,7 @@ def pseudo_label_quality(labels: np.ndarray, identities: np.ndarray) -> dict[str
 
     h_c, h_i = _entropy(cluster_sizes, n), _entropy(id_sizes, n)
     # mutual information from the contingency cells
-    cells_c = np.unique(joint) // (int(id_idx.max()) + 1)
-    cells_i = np.unique(joint) % (int(id_idx.max()) + 1)
+    cells_c, cells_i = cells // num_ids, cells % num_ids
     p = cell_counts / n
     mi = float((p * np.log(cell_counts * n / (cluster_sizes[cells_c] * id_sizes[cells_i]))).sum())
     nmi = mi / ((h_c + h_i) / 2) if h_c + h_i > 0 else 1.0

@@ -31,7 +31,7 @@ from robustreid.clustering import pseudo_labels
 from robustreid.clustering.camera import camera_normalize
 from robustreid.clustering.quality import pseudo_label_quality
 from robustreid.config import Config, config_to_dict
-from robustreid.data.base import ReIDData, Sample
+from robustreid.data.base import ReIDData
 from robustreid.data.decoded import BatchAugment, DecodedImages
 from robustreid.data.sampler import PseudoIdentitySampler
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
@@ -302,8 +302,7 @@ class Trainer:
         samples against their cluster's members)."""
         tc = self.cfg.train
         keep = np.flatnonzero(epoch_labels.labels >= 0)
-        samples = [Sample(self.data.train[i].path, int(epoch_labels.labels[i]),
-                          self.data.train[i].camid) for i in keep]
+        camids = [self.data.train[i].camid for i in keep]
         per_batch = min(tc.batch_size // tc.num_instances, epoch_labels.num_clusters)
         batch_size = per_batch * tc.num_instances
         if batch_size < tc.batch_size:
@@ -311,7 +310,7 @@ class Trainer:
                            epoch, epoch_labels.num_clusters, per_batch, tc.num_instances,
                            batch_size, tc.batch_size)
         sampler = PseudoIdentitySampler(
-            [s.pid for s in samples], [s.camid for s in samples],
+            epoch_labels.labels[keep].tolist(), camids,
             num_instances=tc.num_instances, batch_size=batch_size, num_iterations=tc.iters,
             seed=self.cfg.seed, prefer_cross_camera=tc.prefer_cross_camera,
         )
