@@ -85,11 +85,11 @@ VARIANTS = [
 ]
 
 
-def command_for(kind: str, overrides: list[str], out: str) -> str:
+def command_for(kind: str, overrides: list[str], out: str, config: str = CONFIG) -> str:
     extra = " ".join([*overrides, f"output_dir={out}"])
     if kind == "train":
-        return f"robustreid train --config {CONFIG} {extra}"
-    return f"robustreid evaluate --config {CONFIG} --features {kind} {extra}"
+        return f"robustreid train --config {config} {extra}"
+    return f"robustreid evaluate --config {config} --features {kind} {extra}"
 
 
 def run_key(name: str, seed: int | None) -> str:
@@ -98,6 +98,10 @@ def run_key(name: str, seed: int | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=CONFIG, help="configuration of every run")
+    parser.add_argument("--paired", action="store_true",
+                        help="write the paired table (differences to the baseline with 95 %% "
+                             "confidence intervals, diagnostics) and its plot instead")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--out", default="runs/results")
     parser.add_argument("--only", nargs="*", default=None, help="run only these variants")
@@ -157,26 +161,32 @@ def main() -> None:
         extra = [*overrides, *(ABLATION_EVAL if seed is not None else []), *args.set]
         if seed is not None:
             extra.append(f"seed={seed}")
-        cfg = load_config(CONFIG, [*extra, f"data.root={args.data_root}",
-                                   f"output_dir={run_dir}"])
+        cfg = load_config(args.config, [*extra, f"data.root={args.data_root}",
+                                        f"output_dir={run_dir}"])
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(run_dir) / "config.yaml")
         start = time.perf_counter()
+        diagnostics = {}
         if kind == "train":
             record = train_config(cfg)
             curve = [(r["epoch"], r["mAP"]) for r in read_metrics(run_dir) if "mAP" in r]
+            diagnostics = run_diagnostics(read_metrics(run_dir))
         else:
             record, curve = evaluate_config(cfg, kind), []
         results[key] = {
             "variant": name, "seed": seed, "label": label, "mAP": record["mAP"],
             "rank1": record["rank1"], "minutes": (time.perf_counter() - start) / 60,
-            "command": command_for(kind, extra, run_dir), "curve": curve,
+            "command": command_for(kind, extra, run_dir, args.config), "curve": curve,
+            "diagnostics": diagnostics, "config": args.config,
             "device": device_name(cfg.device), "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "parallel_jobs": args.workers if args.part is not None else 1,
         }
         atomic_write_text(results_file, json.dumps(results, indent=2) + "\n")
-    if args.part is None:
+    if args.part is None and args.paired:
+        write_paired_table(results, Path(args.results_md), args.marker, args.config)
+        plot_paired(results, Path(args.plot), args.config)
+    elif args.part is None:
         write_table(results, Path(args.results_md), args.marker)
         plot_curves(results, Path(args.plot))
 
@@ -207,7 +217,8 @@ def run_workers(args: argparse.Namespace, variants: list[str]) -> None:
     for j, seeds in enumerate(groups):
         cmd = [sys.executable, __file__, "--part", str(j), "--workers", str(len(groups)),
                "--out", args.out,
-               "--data-root", args.data_root, "--seeds", *map(str, seeds), "--only", *variants]
+               "--data-root", args.data_root, "--config", args.config,
+               "--seeds", *map(str, seeds), "--only", *variants]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         if args.set:
@@ -279,6 +290,158 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
     tail = rest.split(end, 1)[1]
     atomic_write_text(md_path, head + block + tail)
     print(block)
+
+
+#: Diagnostics summarised per run (mean over its trained epochs), see engine/metrics.py.
+DIAGNOSTICS = ("pl_fscore", "pl_ari", "pl_clusters", "mem_init_angle", "mem_init_angle_mean",
+               "mem_end_angle", "upd_mislabeled_fraction", "upd_batch_mislabeled_fraction",
+               "hps_accepted_fraction", "hps_fallback_fraction", "saa_initial_loss",
+               "saa_final_loss", "time_diagnostics", "epoch_seconds")
+BASELINE = "baseline_mean"
+
+
+def run_diagnostics(records: list[dict]) -> dict[str, float]:
+    """Mean over the trained epochs of every key of :data:`DIAGNOSTICS` a run reports;
+    ``epoch_seconds`` is the mean time of extraction, clustering, memory and training."""
+    trained = [r for r in records if r["epoch"] > 0 and not r.get("skipped")]
+    for r in trained:
+        r["epoch_seconds"] = sum(r.get(f"time_{p}", 0.0)
+                                 for p in ("extract", "cluster", "memory", "train"))
+    out = {}
+    for key in DIAGNOSTICS:
+        values = [r[key] for r in trained if key in r]
+        if values:
+            out[key] = statistics.mean(values)
+    return out
+
+
+def paired_difference(results: dict, variant: str, metric: str,
+                      baseline: str = BASELINE) -> dict[str, float] | None:
+    """Mean paired difference ``variant - baseline`` of ``metric`` over the seeds both ran,
+    with a two-sided 95 % Student t confidence interval; None with fewer than 2 pairs."""
+    from scipy import stats
+
+    base = {r["seed"]: r[metric] for r in _runs_of(results, baseline)}
+    pairs = [(r[metric], base[r["seed"]]) for r in _runs_of(results, variant)
+             if r["seed"] in base]
+    if len(pairs) < 2:
+        return None
+    diffs = [a - b for a, b in pairs]
+    mean = statistics.mean(diffs)
+    half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return {"n": len(diffs), "mean": mean, "low": mean - half, "high": mean + half,
+            "wins": sum(d > 0 for d in diffs)}
+
+
+def _diag_mean(runs: list[dict], key: str, scale: float = 1.0, digits: int = 1) -> str:
+    values = [r["diagnostics"][key] for r in runs if key in r.get("diagnostics", {})]
+    return f"{scale * statistics.mean(values):.{digits}f}" if values else "-"
+
+
+def _ci(d: dict[str, float] | None) -> str:
+    if d is None:
+        return "-"
+    return (f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] "
+            f"({d['wins']}/{d['n']})")
+
+
+def write_paired_table(results: dict, md_path: Path, marker: str, config: str) -> None:
+    """The paired ablation: per variant, mean test metrics, the paired difference to the
+    baseline with its 95 % CI, and the mechanism diagnostics (means over epochs and seeds)."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    devices = _devices(results)
+    threads = sorted({r.get("threads") or 1 for r in results.values()})
+    jobs = sorted({r["parallel_jobs"] for r in results.values() if r.get("parallel_jobs")})
+    lines = [begin, "",
+             f"Measured on {', '.join(devices)}, {'/'.join(map(str, threads))} torch "
+             f"thread(s) per run{f', {jobs[-1]} runs at a time' if jobs and jobs[-1] > 1 else ''}"
+             f", torch {', '.join(sorted({r.get('torch', '?') for r in results.values()}))}; "
+             f"`{config}`. Δ = mean paired difference to the baseline over the seeds both "
+             "ran (percentage points), [95 % t confidence interval], (seeds where the variant "
+             "won / pairs). Diagnostics: means over the trained epochs and the seeds; "
+             "mislabeled = identity is not the cluster's majority identity; angles in degrees "
+             "between a prototype and its majority identity's centre.", "",
+             "| variant | seeds | mAP (%) | Δ mAP | rank-1 (%) | Δ rank-1 | mislabeled "
+             "updates (%) | mislabeled batch samples (%) | init angle (mean init) | "
+             "end angle | pseudo-label F | minutes |",
+             "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for name, label, _kind, _, ablation in VARIANTS:
+        runs = [r for r in _runs_of(results, name) if r["seed"] is not None]
+        if not ablation or not runs:
+            continue
+        base = name == BASELINE
+        init = f"{_diag_mean(runs, 'mem_init_angle')} ({_diag_mean(runs, 'mem_init_angle_mean')})"
+        lines.append(
+            f"| {label} | {len(runs)} | {_mean_std([r['mAP'] for r in runs])} | "
+            f"{'(reference)' if base else _ci(paired_difference(results, name, 'mAP'))} | "
+            f"{_mean_std([r['rank1'] for r in runs])} | "
+            f"{'(reference)' if base else _ci(paired_difference(results, name, 'rank1'))} | "
+            f"{_diag_mean(runs, 'upd_mislabeled_fraction', 100)} | "
+            f"{_diag_mean(runs, 'upd_batch_mislabeled_fraction', 100)} | {init} | "
+            f"{_diag_mean(runs, 'mem_end_angle')} | {_diag_mean(runs, 'pl_fscore', 1, 3)} | "
+            f"{statistics.mean(r['minutes'] for r in runs):.1f} |")
+    lines += ["", "Commands (one seed each):", ""]
+    for name, label, _kind, _, ablation in VARIANTS:
+        runs = [r for r in _runs_of(results, name) if r["seed"] is not None]
+        if ablation and runs:
+            lines.append(f"- {label}: `{runs[0]['command']}`")
+    lines += ["", end]
+    block = "\n".join(lines)
+    text = md_path.read_text() if md_path.is_file() else f"# Results\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    atomic_write_text(md_path, head + block + rest.split(end, 1)[1])
+    print(block)
+
+
+def plot_paired(results: dict, png: Path, config: str) -> None:
+    """Left: paired differences to the baseline (mAP, rank-1) with 95 % CIs per variant.
+    Right: the mislabeled-update fraction and the initial prototype angle per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [v for v in VARIANTS if v[4] and v[0] != BASELINE
+             and paired_difference(results, v[0], "mAP") is not None]
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(12, 0.6 * len(names) + 2.5))
+    for offset, metric, colour in ((-0.15, "mAP", "C0"), (0.15, "rank1", "C1")):
+        for i, (name, *_rest) in enumerate(names):
+            d = paired_difference(results, name, metric)
+            ax.errorbar(100 * d["mean"], i + offset, color=colour, fmt="o", capsize=3,
+                        xerr=[[100 * (d["mean"] - d["low"])], [100 * (d["high"] - d["mean"])]],
+                        label=("Δ mAP" if metric == "mAP" else "Δ rank-1") if i == 0 else None)
+    ax.axvline(0, color="0.3", lw=1)
+    ax.set_yticks(range(len(names)), [f"{v[0]} (n={paired_difference(results, v[0], 'mAP')['n']})"
+                                      for v in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference to the baseline (points, 95 % CI)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    every = [v for v in VARIANTS if v[4] and _runs_of(results, v[0])]
+    mis = [float(_diag_mean(_runs_of(results, v[0]), "upd_mislabeled_fraction", 100))
+           if _diag_mean(_runs_of(results, v[0]), "upd_mislabeled_fraction") != "-" else 0.0
+           for v in every]
+    ax_d.barh([i - 0.2 for i in range(len(every))], mis, height=0.4, color="C3",
+              label="mislabeled updates (%)")
+    angle = [float(_diag_mean(_runs_of(results, v[0]), "mem_init_angle"))
+             if _diag_mean(_runs_of(results, v[0]), "mem_init_angle") != "-" else 0.0
+             for v in every]
+    ax_d.barh([i + 0.2 for i in range(len(every))], angle, height=0.4, color="C2",
+              label="initial prototype angle to identity centre (degrees)")
+    ax_d.set_yticks(range(len(every)), [v[0] for v in every])
+    ax_d.invert_yaxis()
+    ax_d.legend(fontsize=8)
+    ax_d.grid(alpha=0.3)
+    fig.suptitle(f"Paired ablation ({config}), {', '.join(_devices(results))}", fontsize=10)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(png.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
+    print(f"plot written to {png}")
 
 
 def plot_curves(results: dict, png: Path) -> None:

@@ -49,3 +49,71 @@ def test_all_outliers_and_bad_shapes():
     assert q["pl_precision"] == 0.0 and q["pl_recall"] == 0.0
     with pytest.raises(ValueError, match="one length"):
         pseudo_label_quality(np.zeros(3), np.zeros(4))
+
+
+# ---------------------------------------------------------------- memory diagnostics
+def test_majority_identities_with_ties_and_empty_clusters():
+    from robustreid.clustering.quality import majority_identities
+
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, -1, 0])
+    ids = np.array([7, 7, 3, 5, 4, 9, 9, 7, 3])
+    # cluster 0: 7 x2, 3 x2 -> tie, smallest id; cluster 1: 5/4 tie -> 4; 3: empty
+    assert majority_identities(labels, ids, 4).tolist() == [3, 4, 9, -1]
+    assert majority_identities(np.full(3, -1), np.arange(3), 2).tolist() == [-1, -1]
+
+
+def test_identity_centres_and_angles():
+    import torch
+
+    from robustreid.clustering.quality import identity_centres, mean_angle_degrees
+
+    feats = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 1.0]])
+    ids, centres = identity_centres(feats, np.array([5, 5, 2, 2]))
+    assert ids.tolist() == [2, 5]
+    torch.testing.assert_close(centres, torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    assert mean_angle_degrees(centres, centres) == pytest.approx(0.0, abs=1e-3)
+    assert mean_angle_degrees(centres, centres.flip(0)) == pytest.approx(90.0)
+    diag = torch.tensor([[1.0, 1.0]])
+    assert mean_angle_degrees(diag, torch.tensor([[1.0, 0.0]])) == pytest.approx(45.0)
+
+
+def test_mechanism_diagnostics_on_a_planted_labelling():
+    """Four identities of three images on orthogonal axes; cluster 0 holds identity 0 plus
+    one image of identity 1 (mislabeled); the answers are known in closed form."""
+    import math
+
+    import torch
+
+    from robustreid.clustering.labellers import EpochLabels
+    from robustreid.engine.hooks import EpochContext, MechanismDiagnostics, StepContext
+    from robustreid.memory import ClusterMemory
+
+    ids = np.repeat(np.arange(4), 3)  # images 0-2: id 0, 3-5: id 1, ...
+    feats = torch.eye(4)[torch.as_tensor(ids)]
+    labels = ids.copy()
+    labels[3] = 0  # image 3 (identity 1) sits in cluster 0
+    hook = MechanismDiagnostics(ids)
+    record: dict = {}
+    ctx = EpochContext(1, record, feats, EpochLabels.from_labels(labels))
+    hook.after_pseudo_labels(None, ctx)
+    assert record["pl_clusters"] == 4 and record["pl_precision"] < 1.0
+    memory = ClusterMemory(4, 4)
+    memory.init_prototypes(torch.eye(4))  # exactly the identity centres
+    ctx.memory = memory
+    hook.after_memory_init(None, ctx)
+    assert record["mem_init_angle"] == pytest.approx(0.0, abs=1e-3)
+    # the mean of cluster 0 is (3, 1, 0, 0) / norm: atan(1/3) from identity 0's centre
+    assert record["mem_init_angle_mean"] == pytest.approx(
+        math.degrees(math.atan(1 / 3)) / 4, rel=1e-4)
+    # a batch of images 0, 3, 6, 7 (clusters 0, 0, 2, 2); two of them update
+    step = StepContext(1, torch.tensor([0, 3, 6, 7]), torch.tensor([0, 0, 2, 2]),
+                       updated=torch.tensor([1, 2]), loss=1.0)
+    hook.after_step(None, ctx, step)
+    memory.init_prototypes(torch.eye(4).roll(1, dims=1))  # every prototype off by 90 degrees
+    hook.after_epoch_train(None, ctx)
+    hook.after_epoch(None, record)
+    assert record["upd_batch_mislabeled_fraction"] == pytest.approx(1 / 4)
+    assert record["upd_mislabeled_fraction"] == pytest.approx(1 / 2)  # image 3 updated
+    assert record["upd_count"] == 2
+    assert record["mem_end_angle"] == pytest.approx(90.0)
+    assert record["time_diagnostics"] >= 0.0

@@ -11,10 +11,12 @@ import torch
 
 import robustreid
 import robustreid.engine.trainer as trainer_module
+from robustreid.clustering.labellers import EpochLabels, InstanceWarmup
 from robustreid.config import load_config
 from robustreid.data import build_dataset
 from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
+from robustreid.engine.hooks import HookBase
 from robustreid.engine.trainer import Trainer
 from robustreid.evaluation.features import extract_features
 from robustreid.models import build_model
@@ -118,12 +120,13 @@ def test_all_outliers_epoch_is_skipped_with_warning(tiny_data, tmp_path, caplog)
     assert "eps=0.7" in caplog.text and "0 cluster(s)" in caplog.text
 
 
-def test_single_cluster_epoch_is_skipped_with_warning(tiny_data, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(trainer_module, "pseudo_labels",
-                        lambda features, **kwargs: np.zeros(len(features), dtype=np.int64))
+def test_single_cluster_epoch_is_skipped_with_warning(tiny_data, tmp_path, caplog):
+    def one_cluster(features, epoch):
+        return EpochLabels.from_labels(np.zeros(len(features), dtype=np.int64))
+
     cfg = tiny_config(tmp_path / "run", "train.epochs=1")
     with caplog.at_level("WARNING"):
-        state = make_trainer(cfg, tiny_data).fit()
+        state = make_trainer(cfg, tiny_data, labeller=one_cluster).fit()
     assert state.history[-1]["skipped"] is True and state.history[-1]["clusters"] == 1
     assert "1 cluster(s) and 0 outlier(s)" in caplog.text
 
@@ -135,26 +138,26 @@ def test_supervised_mode_uses_true_ids(tiny_data, tmp_path):
     assert labels.num_clusters == tiny_data.num_train_pids and labels.num_outliers == 0
 
 
-def test_instance_warmup_then_clustering(tiny_data, tmp_path, monkeypatch):
+def test_instance_warmup_then_clustering(tiny_data, tmp_path):
     calls = []
 
-    def fake_clustering(features, **kwargs):
+    def fake_clustering(features, epoch):
         calls.append(len(features))
-        return np.arange(len(features), dtype=np.int64) % 3
+        return EpochLabels.from_labels(np.arange(len(features), dtype=np.int64) % 3)
 
-    monkeypatch.setattr(trainer_module, "pseudo_labels", fake_clustering)
     cfg = tiny_config(tmp_path / "run", "train.epochs=2", "cluster.warmup_epochs=1",
                       "memory.init=csa", "memory.update=hps", "method.csa_steps=2",
                       "train.eval_every=0")
-    trainer = make_trainer(cfg, tiny_data)
+    trainer = make_trainer(cfg, tiny_data, labeller=InstanceWarmup(1, fake_clustering))
     n = len(tiny_data.train)
     warm = trainer.assign_labels(torch.zeros(n, 4), epoch=1)
     assert warm.instance and warm.num_clusters == n and warm.num_outliers == 0
     assert np.array_equal(warm.labels, np.arange(n)) and calls == []
-    assert trainer._memory_modes(warm) == ("mean", "mean")  # no SAA on singletons
+    # no SAA on singletons
+    assert [s.name for s in trainer.memory_strategies(warm)] == ["mean", "mean"]
     later = trainer.assign_labels(torch.zeros(n, 4), epoch=2)
     assert not later.instance and later.num_clusters == 3 and calls == [n]
-    assert trainer._memory_modes(later) == ("csa", "hps")
+    assert [s.name for s in trainer.memory_strategies(later)] == ["csa", "hps"]
     state = trainer.fit()
     assert [r["clusters"] for r in state.history[1:]] == [n, 3]
     assert trainer.saa is not None  # trained in epoch 2 only
@@ -194,22 +197,26 @@ def test_method_switches_train_and_resume(tiny_data, tmp_path, init, update):
         torch.testing.assert_close(resumed.saa.state_dict()[key], value, rtol=0, atol=0)
 
 
-def test_hps_updates_only_with_accepted_members(tiny_data, tmp_path, monkeypatch):
+def test_hps_updates_only_with_accepted_members(tiny_data, tmp_path):
     calls = []
-    original = trainer_module.select_hard_positives
 
-    def spy(*args, **kwargs):
-        chosen, labels, stats = original(*args, **kwargs)
-        calls.append((chosen.shape[0], labels.unique().numel()))
-        return chosen, labels, stats
+    class Spy(HookBase):
+        def after_step(self, trainer, ctx, step):
+            chosen = step.targets[step.updated]
+            calls.append((chosen.numel(), chosen.unique().numel()))
 
-    monkeypatch.setattr(trainer_module, "select_hard_positives", spy)
     cfg = tiny_config(tmp_path / "run", "memory.update=hps", "method.csa_steps=3",
                       "train.epochs=1", "train.eval_every=0")
-    make_trainer(cfg, tiny_data).fit()
+    trainer = make_trainer(cfg, tiny_data, hooks=[Spy()])
+    assert trainer.update.name == "hps"
+    trainer.fit()
     assert calls, "HPS was never used"
     # one update per pseudo-identity of the batch (P = 8 // 4 = 2), never more
     assert all(rows == distinct and rows <= 2 for rows, distinct in calls)
+    record = trainer.state.history[-1]
+    assert 0.0 <= record["hps_fallback_fraction"] <= 1.0
+    assert 0.0 < record["hps_accepted_fraction"] <= 1.0
+    assert record["upd_count"] == sum(rows for rows, _ in calls)
 
 
 def test_pseudo_label_diagnostics_are_logged_and_plotted(tiny_data, tmp_path):
@@ -244,3 +251,69 @@ def test_pseudo_label_diagnostics_are_logged_and_plotted(tiny_data, tmp_path):
     fig = training_curves_figure(training_curves(read_metrics(tmp_path / "run")))
     titles = [ax.get_title() for ax in fig.axes]
     assert "Pseudo-labels against the true identities" in titles
+
+
+@pytest.mark.parametrize("update", ["mean", "hard"])
+def test_memory_diagnostics_on_a_planted_labelling(tiny_data, tmp_path, update):
+    """Planted pseudo-labels: the true ids, with the first image of every identity moved
+    into the next identity's cluster. The logged update diagnostics must equal what the
+    batches (seen by a spy hook) imply, and the angles must follow the labels."""
+    from robustreid.viz.curves import read_metrics, training_curves, training_curves_figure
+
+    ids = np.array([s.pid for s in tiny_data.train])
+    _, true = np.unique(ids, return_inverse=True)
+    planted = true.copy()
+    first = np.array([np.flatnonzero(true == c)[0] for c in range(true.max() + 1)])
+    planted[first] = (true[first] + 1) % (true.max() + 1)
+    moved = np.zeros(len(ids), dtype=bool)
+    moved[first] = True
+    seen = {"rows": 0, "moved": 0, "updates": 0, "moved_updates": 0}
+
+    class Spy(HookBase):
+        def after_step(self, trainer, ctx, step):
+            idx = step.indices.numpy()
+            seen["rows"] += len(idx)
+            seen["moved"] += int(moved[idx].sum())
+            used = idx[step.updated.numpy()]
+            seen["updates"] += len(used)
+            seen["moved_updates"] += int(moved[used].sum())
+
+    cfg = tiny_config(tmp_path / "run", "train.epochs=1", "train.eval_every=0",
+                      f"memory.update={update}")
+    trainer = make_trainer(cfg, tiny_data, hooks=[Spy()],
+                           labeller=lambda features, epoch: EpochLabels.from_labels(planted))
+    trainer.fit()
+    record = read_metrics(tmp_path / "run")[1]
+    assert record["upd_batch_mislabeled_fraction"] == pytest.approx(seen["moved"] / seen["rows"])
+    assert record["upd_mislabeled_fraction"] == pytest.approx(
+        seen["moved_updates"] / seen["updates"])
+    assert record["upd_count"] == seen["updates"]
+    if update == "mean":
+        assert seen["updates"] == seen["rows"]
+    assert seen["moved"] > 0  # the planted errors were sampled
+    # mean init: the run's initialiser is the reference one; a moved image pulls each
+    # prototype away from its identity centre, so the angle is strictly positive
+    assert record["mem_init_angle"] == pytest.approx(record["mem_init_angle_mean"], abs=1e-4)
+    assert 0.0 < record["mem_init_angle"] < 90.0
+    assert 0.0 < record["mem_end_angle"] < 90.0
+    fig = training_curves_figure(training_curves(read_metrics(tmp_path / "run")))
+    assert "Memory against the true identities" in [ax.get_title() for ax in fig.axes]
+
+    # with the true ids as labels every prototype starts on its identity centre
+    sup = make_trainer(tiny_config(tmp_path / "sup", "train.epochs=1", "train.eval_every=0",
+                                   "train.supervised=true"), tiny_data)
+    sup.fit()
+    record = read_metrics(tmp_path / "sup")[1]
+    assert record["mem_init_angle"] == pytest.approx(0.0, abs=0.05)
+    assert record["upd_mislabeled_fraction"] == record["upd_batch_mislabeled_fraction"] == 0.0
+
+
+def test_csa_run_logs_saa_statistics(tiny_data, tmp_path):
+    cfg = tiny_config(tmp_path / "run", "train.epochs=1", "train.eval_every=0",
+                      "memory.init=csa", "method.csa_steps=4", "method.csa_clusters_per_step=4")
+    trainer = make_trainer(cfg, tiny_data)
+    assert trainer.init.name == "csa" and trainer.update.name == "mean"
+    record = trainer.fit().history[-1]
+    assert np.isfinite(record["saa_initial_loss"]) and np.isfinite(record["saa_final_loss"])
+    assert record["saa_seconds"] > 0
+    assert {"mem_init_angle", "mem_init_angle_mean", "mem_end_angle"} <= set(record)

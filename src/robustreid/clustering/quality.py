@@ -8,6 +8,7 @@ contingency table of (cluster, identity) pairs, O(N log N), never an N x N matri
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 #: Keys of :func:`pseudo_label_quality`'s result, in display order.
 QUALITY_KEYS = ("pl_clusters", "pl_identities", "pl_outlier_fraction", "pl_precision",
@@ -89,3 +90,63 @@ def pseudo_label_quality(labels: np.ndarray, identities: np.ndarray) -> dict[str
         "pl_ari": float(ari),
         "pl_nmi": float(max(0.0, nmi)),
     }
+
+
+def majority_identities(labels: np.ndarray, identities: np.ndarray,
+                        num_clusters: int) -> np.ndarray:
+    """The most frequent true identity of each cluster.
+
+    Args:
+        labels: (N,) int cluster index per sample in ``[0, num_clusters)``, -1 for an outlier.
+        identities: (N,) int true identity per sample.
+        num_clusters: C.
+
+    Returns:
+        (C,) int64 identity per cluster (ties: the smallest identity); -1 for a cluster
+        without members.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    identities = np.asarray(identities, dtype=np.int64)
+    keep = labels >= 0
+    ids, id_idx = np.unique(identities[keep], return_inverse=True)
+    majority = np.full(num_clusters, -1, dtype=np.int64)
+    if not keep.any():
+        return majority
+    cells, counts = np.unique(labels[keep] * len(ids) + id_idx, return_counts=True)
+    cluster, identity = cells // len(ids), cells % len(ids)
+    # sort by (cluster, -count, identity): the first row of each cluster is its majority
+    order = np.lexsort((identity, -counts, cluster))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = cluster[order][1:] != cluster[order][:-1]
+    chosen = order[first]
+    majority[cluster[chosen]] = ids[identity[chosen]]
+    return majority
+
+
+def identity_centres(features: torch.Tensor,
+                     identities: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """L2-normalised mean feature of every true identity.
+
+    Args:
+        features: (N, D) features.
+        identities: (N,) int true identity per sample.
+
+    Returns:
+        ``ids`` ((I,) sorted distinct identities) and ``centres`` ((I, D) float32, row ``i``
+        the unit-norm mean of identity ``ids[i]``'s features), on the device of ``features``.
+    """
+    ids, idx = np.unique(np.asarray(identities, dtype=np.int64), return_inverse=True)
+    index = torch.as_tensor(idx, device=features.device)
+    sums = torch.zeros(len(ids), features.shape[1], device=features.device)
+    sums.index_add_(0, index, features.float())
+    return ids, torch.nn.functional.normalize(sums, dim=1)
+
+
+def mean_angle_degrees(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean angle in degrees between matching rows of ``a`` and ``b`` ((M, D) each; rows
+    are normalised first). 0 for M = 0."""
+    if a.shape[0] == 0:
+        return 0.0
+    cos = (torch.nn.functional.normalize(a.float(), dim=1)
+           * torch.nn.functional.normalize(b.float(), dim=1)).sum(1)
+    return float(torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0))).mean())

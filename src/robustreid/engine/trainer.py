@@ -10,7 +10,6 @@ by momentum.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -27,37 +26,49 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from robustreid.clustering import pseudo_labels
-from robustreid.clustering.camera import camera_normalize
-from robustreid.clustering.quality import pseudo_label_quality
+from robustreid.clustering.labellers import (
+    ClusteringLabeller,
+    EpochLabels,
+    InstanceWarmup,
+    PseudoLabeller,
+    SupervisedLabeller,
+)
 from robustreid.config import Config, config_to_dict
 from robustreid.data.base import ReIDData
 from robustreid.data.decoded import BatchAugment, DecodedImages
 from robustreid.data.sampler import PseudoIdentitySampler
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
-from robustreid.engine.checkpoint import load_checkpoint, model_meta, save_checkpoint
+from robustreid.engine.checkpoint import load_checkpoint, model_meta
+from robustreid.engine.hooks import (
+    CheckpointHook,
+    EpochContext,
+    EpochLogger,
+    EvaluationHook,
+    HookBase,
+    IterationCallback,
+    MechanismDiagnostics,
+    MetricsWriter,
+    StepContext,
+)
 from robustreid.evaluation.evaluate import evaluate_features
 from robustreid.evaluation.features import embed_decoded
 from robustreid.evaluation.ranking import RankingResult
-from robustreid.io import atomic_write_text
-from robustreid.memory import ClusterMemory, cluster_means
-from robustreid.method import SAA, csa_prototypes, select_hard_positives, train_saa
+from robustreid.memory import ClusterMemory
+from robustreid.memory.strategies import (
+    Aggregator,
+    CSAInit,
+    HardUpdate,
+    HPSUpdate,
+    MeanInit,
+    MeanUpdate,
+    MemoryUpdate,
+    PrototypeInit,
+)
+from robustreid.method import SAA
 
 logger = logging.getLogger(__name__)
 
 _SCHEDULER_ORDER_WARNING = re.escape("Detected call of `lr_scheduler.step()` before")
-
-
-@dataclass
-class EpochLabels:
-    """Pseudo-labels of one epoch: (N,) int64 with -1 for outliers."""
-
-    labels: np.ndarray
-    num_clusters: int
-    num_outliers: int
-    # True in an instance-discrimination warm-up epoch: every sample is its own class, so
-    # the memory is plain (mean initialisation and update; CSA/HPS need real clusters).
-    instance: bool = False
 
 
 @dataclass
@@ -69,8 +80,47 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of every random draw in ``epoch`` of a run with ``seed``: an epoch depends on
+    (seed, epoch) only, so a resumed run repeats the uninterrupted one."""
+    return seed * 100_003 + epoch
+
+
+def labeller_from_config(cfg: Config, data: ReIDData, device: torch.device) -> PseudoLabeller:
+    """The pseudo-labeller ``cfg`` asks for: the true ids (``train.supervised``), else DBSCAN
+    on the Jaccard distance, after ``cluster.warmup_epochs`` instance epochs."""
+    if cfg.train.supervised:
+        return SupervisedLabeller([s.pid for s in data.train])
+    cl = cfg.cluster
+    labeller: PseudoLabeller = ClusteringLabeller(
+        cl.eps, cl.min_samples, cl.k1, cl.k2, knn_method=cl.knn,
+        camids=[s.camid for s in data.train] if cl.camera_normalize else None, device=device)
+    if cl.warmup_epochs:
+        labeller = InstanceWarmup(cl.warmup_epochs, labeller)
+    return labeller
+
+
+def strategies_from_config(cfg: Config, aggregator: Aggregator
+                           ) -> tuple[PrototypeInit, MemoryUpdate]:
+    """The prototype initialisation and update ``cfg.memory`` names."""
+    mc = cfg.method
+    init: PrototypeInit = (CSAInit(aggregator, mix=mc.csa_mix) if cfg.memory.init == "csa"
+                           else MeanInit())
+    update: MemoryUpdate
+    if cfg.memory.update == "hps":
+        update = HPSUpdate(aggregator, accept_ratio=mc.hps_accept_ratio, mode=mc.hps_mode,
+                           temperature=mc.hps_temperature)
+    else:
+        update = HardUpdate() if cfg.memory.update == "hard" else MeanUpdate()
+    return init, update
+
+
 class Trainer:
     """Runs unsupervised (or, with ``cfg.train.supervised``, supervised) training.
+
+    The epoch is the method (:meth:`train_one_epoch`); evaluation, metrics, logging,
+    checkpoints and diagnostics are hooks (:mod:`robustreid.engine.hooks`); pseudo-labelling
+    and the memory's initialisation and update are objects passed in (or built from ``cfg``).
 
     Args:
         cfg: the resolved configuration (the trainer reads its sections and hands plain
@@ -80,6 +130,10 @@ class Trainer:
         device: where the model runs.
         on_iteration: optional callback ``(epoch, iteration)`` after every training step (used
             by tests to interrupt a run).
+        labeller: the pseudo-labeller (default: :func:`labeller_from_config`).
+        init, update: prototype initialisation and update strategies (default:
+            :func:`strategies_from_config`); instance warm-up epochs always use the mean.
+        hooks: extra hooks, called after the default ones.
     """
 
     def __init__(
@@ -89,12 +143,15 @@ class Trainer:
         data: ReIDData,
         device: torch.device,
         on_iteration: Callable[[int, int], None] | None = None,
+        labeller: PseudoLabeller | None = None,
+        init: PrototypeInit | None = None,
+        update: MemoryUpdate | None = None,
+        hooks: list[HookBase] | None = None,
     ) -> None:
         self.cfg = cfg
         self.data = data
         self.device = device
         self.out_dir = Path(cfg.output_dir)
-        self.on_iteration = on_iteration
         self.cuda = device.type == "cuda"
         self.model = model.to(device)
         if cfg.train.channels_last:
@@ -113,15 +170,40 @@ class Trainer:
                                     erasing_p=cfg.train.erasing_p)
         # Every split is decoded and resized once per run, on first use.
         self._decoded: dict[str, DecodedImages] = {}
-        # True identities of the training split, for diagnostics only (never trained on);
-        # None when the split does not carry them (all images share one pid).
-        pids = np.array([s.pid for s in data.train], dtype=np.int64)
-        self._identities = pids if len(np.unique(pids)) > 1 else None
+        self.labeller = labeller if labeller is not None else labeller_from_config(
+            cfg, data, device)
+        mc = cfg.method
+        # The self-attention aggregator of CSA/HPS: built at the first epoch that needs it
+        # and carried over from epoch to epoch.
+        self.aggregator = Aggregator(
+            heads=mc.saa_heads, head_dim=mc.saa_head_dim, temperature=mc.saa_temperature,
+            steps=mc.csa_steps, clusters_per_step=mc.csa_clusters_per_step, lr=mc.csa_lr,
+            max_members=mc.csa_max_members, agreement_temperature=mc.csa_agreement_temperature,
+            loss_temperature=cfg.memory.temperature, device=device)
+        default_init, default_update = strategies_from_config(cfg, self.aggregator)
+        self.init = init if init is not None else default_init
+        self.update = update if update is not None else default_update
         self.state = TrainState()
-        self._writer = None
-        # The self-attention aggregator of CSA/HPS, built at the first epoch that needs it
-        # (its size is the feature dimension) and carried over from epoch to epoch.
-        self.saa: SAA | None = None
+        self.hooks: list[HookBase] = [EvaluationHook(cfg.train.eval_every, cfg.train.epochs)]
+        # True identities of the training split, for diagnostics only (never trained on);
+        # skipped when the split does not carry them (all images share one pid).
+        pids = np.array([s.pid for s in data.train], dtype=np.int64)
+        if len(np.unique(pids)) > 1:
+            self.hooks.append(MechanismDiagnostics(pids))
+        self.hooks += [MetricsWriter(self.out_dir), EpochLogger(cfg.train.epochs),
+                       CheckpointHook(self.out_dir)]
+        if on_iteration is not None:
+            self.hooks.append(IterationCallback(on_iteration))
+        self.hooks += hooks or []
+
+    @property
+    def saa(self) -> SAA | None:
+        """The aggregator's SAA module (None until CSA or HPS first needed it)."""
+        return self.aggregator.saa
+
+    def _call(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, name)(self, *args)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False) -> TrainState:
@@ -132,32 +214,18 @@ class Trainer:
             self._restore(self.out_dir / "last.pth")
             logger.info("resumed from %s after epoch %d", self.out_dir / "last.pth",
                         self.state.epoch)
-        elif not self.state.history:
-            result = self.evaluate()
-            self._record({"epoch": 0, **_ranking_metrics(result)})
-            logger.info("before training: mAP %.2f%% rank-1 %.2f%%",
-                        100 * result.mAP, 100 * result.cmc[0])
-        total = self.cfg.train.epochs
-        for epoch in range(self.state.epoch + 1, total + 1):
+        self._call("before_train")
+        for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
             self._seed_epoch(epoch)
             record = self.train_one_epoch(epoch)
             with warnings.catch_warnings():
                 # a skipped epoch made no optimiser step; the schedule still follows epochs
                 warnings.filterwarnings("ignore", _SCHEDULER_ORDER_WARNING)
                 self.scheduler.step()
-            last = epoch == total
-            every = self.cfg.train.eval_every
-            if last or (every and epoch % every == 0):
-                start = time.perf_counter()
-                result = self.evaluate()
-                record.update(_ranking_metrics(result), time_eval=time.perf_counter() - start)
             self.state.epoch = epoch
-            self._record(record)
-            self._log_epoch(record)
-            self._save(record)
-        if self._writer:
-            self._writer.close()
-        self._writer = None
+            self._call("after_epoch", record)
+            self.record(record)
+        self._call("after_train")
         return self.state
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
@@ -171,27 +239,29 @@ class Trainer:
         epoch_labels = self.assign_labels(features, epoch)
         record.update(time_cluster=time.perf_counter() - start,
                       clusters=epoch_labels.num_clusters, outliers=epoch_labels.num_outliers)
-        if self._identities is not None and not epoch_labels.instance:
-            start = time.perf_counter()
-            record.update(pseudo_label_quality(epoch_labels.labels, self._identities))
-            record["time_diagnostics"] = time.perf_counter() - start
+        ctx = EpochContext(epoch, record, features, epoch_labels)
+        self._call("after_pseudo_labels", ctx)
         if epoch_labels.num_clusters < 2:
+            describe = getattr(self.labeller, "describe", None)
             logger.warning(
-                "epoch %d skipped: clustering (eps=%s, min_samples=%d) found %d cluster(s) and "
-                "%d outlier(s) among %d samples; at least 2 clusters are needed. If this "
-                "persists, change cluster.eps", epoch, self.cfg.cluster.eps,
-                self.cfg.cluster.min_samples, epoch_labels.num_clusters,
-                epoch_labels.num_outliers, len(epoch_labels.labels),
+                "epoch %d skipped: clustering (%s) found %d cluster(s) and %d outlier(s) "
+                "among %d samples; at least 2 clusters are needed. If this persists, change "
+                "cluster.eps", epoch, describe() if describe else type(self.labeller).__name__,
+                epoch_labels.num_clusters, epoch_labels.num_outliers, len(epoch_labels.labels),
             )
             record["skipped"] = True
             return record
 
         start = time.perf_counter()
-        memory = self.build_memory(features, epoch_labels)
+        init, update = self.memory_strategies(epoch_labels)
+        ctx.memory = self.build_memory(features, epoch_labels, init, update, record)
         record["time_memory"] = time.perf_counter() - start
+        self._call("after_memory_init", ctx)
         start = time.perf_counter()
-        record["loss"] = self.train_iterations(epoch, epoch_labels, memory, features)
+        record["loss"] = self.train_iterations(ctx, update)
+        record.update(update.epoch_stats())
         record["time_train"] = time.perf_counter() - start
+        self._call("after_epoch_train", ctx)
         return record
 
     # ------------------------------------------------------------------ stages
@@ -214,93 +284,44 @@ class Trainer:
         return self._embed("train")
 
     def assign_labels(self, features: torch.Tensor, epoch: int) -> EpochLabels:
-        """Pseudo-labels of the training images for ``epoch`` (1-based): the true ids when
-        supervised, one class per image during the instance warm-up, else the clustering."""
-        if not self.cfg.train.supervised and epoch <= self.cfg.cluster.warmup_epochs:
-            n = len(features)
-            return EpochLabels(np.arange(n, dtype=np.int64), n, 0, instance=True)
-        if self.cfg.train.supervised:
-            labels = np.array([s.pid for s in self.data.train], dtype=np.int64)
-        else:
-            cl = self.cfg.cluster
-            if cl.camera_normalize:
-                camids = torch.tensor([s.camid for s in self.data.train])
-                features = camera_normalize(features, camids)
-            labels = pseudo_labels(
-                features, eps=cl.eps, min_samples=cl.min_samples, k1=cl.k1, k2=cl.k2,
-                knn_method=cl.knn, device=self.device,
-            )
-        num_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
-        return EpochLabels(labels, num_clusters, int((labels < 0).sum()))
+        """Pseudo-labels of the training images for ``epoch`` (1-based), by the labeller."""
+        return self.labeller(features, epoch)
 
-    def build_memory(self, features: torch.Tensor, epoch_labels: EpochLabels) -> ClusterMemory:
-        """A memory with one prototype per cluster, initialised from the cluster members:
-        their mean (``memory.init=mean``) or their SAA aggregate (``csa``). SAA is trained on
-        this epoch's features first whenever CSA or HPS needs it."""
-        mem_cfg = self.cfg.memory
-        init, update = self._memory_modes(epoch_labels)
-        memory = ClusterMemory(
-            features.shape[1], epoch_labels.num_clusters, temperature=mem_cfg.temperature,
-            momentum=mem_cfg.momentum, update="hard" if update == "hard" else "mean",
-        ).to(self.device)
-        labels = torch.as_tensor(epoch_labels.labels)
-        if init == "csa" or update == "hps":
-            self.train_aggregator(features, labels)
-        if init == "csa":
-            prototypes = csa_prototypes(self.saa, features.to(self.device),
-                                        labels.to(self.device), epoch_labels.num_clusters,
-                                        mix=self.cfg.method.csa_mix)
-        else:
-            prototypes = cluster_means(features, labels, epoch_labels.num_clusters)
-        memory.init_prototypes(prototypes)
-        return memory
-
-    def train_aggregator(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """CSA: train SAA on the epoch's (frozen) features with the cluster-level
-        leave-one-out contrastive loss; SAA's weights carry over between epochs."""
-        mc = self.cfg.method
-        if self.saa is None:
-            self.saa = SAA(features.shape[1], heads=mc.saa_heads, head_dim=mc.saa_head_dim,
-                           temperature=mc.saa_temperature).to(self.device)
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.state.epoch)
-        return train_saa(
-            self.saa, features.to(self.device), labels.to(self.device), steps=mc.csa_steps,
-            clusters_per_step=mc.csa_clusters_per_step, lr=mc.csa_lr,
-            temperature=self.cfg.memory.temperature, max_members=mc.csa_max_members,
-            agreement_temperature=mc.csa_agreement_temperature,
-            generator=generator, device=self.device,
-        )
-
-    def _memory_modes(self, epoch_labels: EpochLabels) -> tuple[str, str]:
-        """(init, update) modes for this epoch: the configured ones, plain ``mean`` in an
+    def memory_strategies(self, epoch_labels: EpochLabels) -> tuple[PrototypeInit, MemoryUpdate]:
+        """(init, update) strategies for this epoch: the configured ones, plain mean in an
         instance warm-up epoch (single-member classes have nothing to aggregate or rank)."""
         if epoch_labels.instance:
-            return "mean", "mean"
-        return self.cfg.memory.init, self.cfg.memory.update
+            return MeanInit(), MeanUpdate()
+        return self.init, self.update
 
-    def update_memory(self, memory: ClusterMemory, feats: torch.Tensor, targets: torch.Tensor,
-                      indices: torch.Tensor, features: torch.Tensor,
-                      labels: torch.Tensor, mode: str = "mean") -> None:
-        """Momentum update after a step with ``mode``: ``mean``/``hard`` inside the memory
-        (its own mode); ``hps``: per pseudo-identity, the hardest positive that SAA still
-        accepts as a member."""
-        if mode != "hps":
-            memory.update(feats, targets)
-            return
-        mc = self.cfg.method
-        chosen, chosen_labels, _ = select_hard_positives(
-            self.saa, feats, targets, features, labels, accept_ratio=mc.hps_accept_ratio,
-            mode=mc.hps_mode, temperature=mc.hps_temperature, batch_indices=indices,
-        )
-        memory.momentum_update(chosen, chosen_labels)
+    def build_memory(self, features: torch.Tensor, epoch_labels: EpochLabels,
+                     init: PrototypeInit, update: MemoryUpdate,
+                     record: dict[str, Any]) -> ClusterMemory:
+        """A memory with one prototype per cluster, initialised by ``init``; SAA is trained
+        on this epoch's features first whenever ``init`` or ``update`` needs it. The
+        strategies' statistics go into ``record``."""
+        mem_cfg = self.cfg.memory
+        memory = ClusterMemory(
+            features.shape[1], epoch_labels.num_clusters, temperature=mem_cfg.temperature,
+            momentum=mem_cfg.momentum, update=update.memory_mode,
+        ).to(self.device)
+        labels = torch.as_tensor(epoch_labels.labels)
+        if init.needs_saa or update.needs_saa:
+            generator = torch.Generator().manual_seed(
+                epoch_seed(self.cfg.seed, self.state.epoch))
+            record.update(self.aggregator.fit(features, labels, generator))
+        prototypes, stats = init(features, labels, epoch_labels.num_clusters)
+        record.update(stats)
+        memory.init_prototypes(prototypes)
+        update.begin_epoch(features, labels)
+        return memory
 
-    def train_iterations(self, epoch: int, epoch_labels: EpochLabels, memory: ClusterMemory,
-                         features: torch.Tensor) -> float:
-        """``cfg.train.iters`` P x K steps on the clustered samples; returns the mean loss.
-
-        ``features`` (N, D) are the epoch's extracted features (used by HPS to score batch
-        samples against their cluster's members)."""
+    def train_iterations(self, ctx: EpochContext, update: MemoryUpdate) -> float:
+        """``cfg.train.iters`` P x K steps on the clustered samples, each followed by the
+        memory update; returns the mean loss."""
         tc = self.cfg.train
+        epoch, epoch_labels, memory = ctx.epoch, ctx.labels, ctx.memory
+        assert memory is not None
         keep = np.flatnonzero(epoch_labels.labels >= 0)
         camids = [self.data.train[i].camid for i in keep]
         per_batch = min(tc.batch_size // tc.num_instances, epoch_labels.num_clusters)
@@ -317,13 +338,10 @@ class Trainer:
         sampler.set_epoch(epoch)
         order = torch.as_tensor(list(sampler), dtype=torch.long)
         batches = order[: len(order) // batch_size * batch_size].view(-1, batch_size)
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.cfg.seed, epoch))
         train_images = self.images("train")
-        _, update_mode = self._memory_modes(epoch_labels)
         keep_t = torch.as_tensor(keep)
-        all_features = features.to(self.device)
         labels_t = torch.as_tensor(epoch_labels.labels)
-        all_labels = labels_t.to(self.device)
         self.model.train()
         losses = []
         bar = tqdm(batches, desc=f"epoch {epoch} train", leave=False,
@@ -337,15 +355,13 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             feats, loss = contrastive_step(self.model, memory, images, targets,
                                            self.optimizer, self.scaler, self.amp)
-            self.update_memory(memory, feats, targets, rows.to(self.device), all_features,
-                               all_labels, mode=update_mode)
+            updated = update(memory, feats, targets, rows.to(self.device))
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             if it % tc.log_every == 0 or it == len(batches):
                 logger.info("epoch %d iter %d/%d loss %.3f", epoch, it, len(batches),
                             float(np.mean(losses[-tc.log_every:])))
-            if self.on_iteration is not None:
-                self.on_iteration(epoch, it)
+            self._call("after_step", ctx, StepContext(it, rows, targets, updated, losses[-1]))
         return float(np.mean(losses))
 
     def evaluate(self) -> RankingResult:
@@ -357,55 +373,26 @@ class Trainer:
             max_rank=ev.max_rank,
         )
 
+    def evaluate_metrics(self) -> dict[str, float]:
+        """:meth:`evaluate` as the record's ranking keys (fractions in [0, 1])."""
+        return _ranking_metrics(self.evaluate())
+
     # ------------------------------------------------------------------ bookkeeping
+    def record(self, record: dict[str, Any]) -> None:
+        """Append a finished epoch record to the history and hand it to every hook."""
+        self.state.history.append(record)
+        self._call("on_record", record)
+
     def _seed_epoch(self, epoch: int) -> None:
-        """Every random draw of an epoch depends on (seed, epoch) only, so a resumed run
-        repeats the uninterrupted one."""
-        seed = self.cfg.seed * 100_003 + epoch
+        seed = epoch_seed(self.cfg.seed, epoch)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
-    def _record(self, record: dict[str, Any]) -> None:
-        self.state.history.append(record)
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.state.history)
-        atomic_write_text(self.out_dir / "metrics.jsonl", lines)
-        writer = self._tensorboard()
-        if writer is not None:
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, int | float):
-                    writer.add_scalar(key, value, record["epoch"])
-            writer.flush()
-
-    def _tensorboard(self):
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is a dependency, but keep training without it
-                logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
-                self._writer = False
-                return None
-            self._writer = SummaryWriter(self.out_dir / "tensorboard",
-                                         purge_step=self.state.epoch)
-        return self._writer or None
-
-    def _log_epoch(self, record: dict[str, Any]) -> None:
-        parts = [f"epoch {record['epoch']}/{self.cfg.train.epochs}"]
-        if record.get("skipped"):
-            parts.append("skipped")
-        else:
-            parts.append(f"clusters {record['clusters']} outliers {record['outliers']} "
-                         f"loss {record['loss']:.3f}")
-        if "mAP" in record:
-            parts.append(f"mAP {100 * record['mAP']:.2f}% rank-1 {100 * record['rank1']:.2f}%")
-        times = " ".join(f"{k[5:]} {record[k]:.1f}s" for k in
-                         ("time_extract", "time_cluster", "time_train", "time_eval")
-                         if k in record)
-        logger.info("%s | %s", " | ".join(parts), times)
-
-    def _save(self, record: dict[str, Any]) -> None:
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """Everything ``last.pth`` holds: weights, optimiser, schedule, history, RNG, SAA."""
         config = config_to_dict(self.cfg)
-        payload = {
+        return {
             "epoch": self.state.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -415,22 +402,12 @@ class Trainer:
             "history": self.state.history,
             "config": config,
             "rng": _rng_state(),
-            "saa": None if self.saa is None else self.saa.state_dict(),
+            "saa": self.aggregator.state_dict(),
             # self-description of the saved model (architecture, input, normalisation, D)
             "meta": model_meta(config["model"], self.cfg.data.height, self.cfg.data.width,
                                getattr(self.model, "feature_dim", 0), IMAGENET_MEAN,
                                IMAGENET_STD),
         }
-        if "mAP" in record and record["mAP"] > self.state.best_map:
-            self.state.best_map = record["mAP"]
-            payload["best_map"] = self.state.best_map
-            save_checkpoint(self.out_dir / "best.pth", {
-                "epoch": self.state.epoch, "model": payload["model"],
-                "metrics": record, "config": payload["config"], "meta": payload["meta"],
-            })
-            logger.info("new best mAP %.2f%% at epoch %d, saved %s", 100 * record["mAP"],
-                        self.state.epoch, self.out_dir / "best.pth")
-        save_checkpoint(self.out_dir / "last.pth", payload)
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -440,12 +417,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(epoch=ckpt["epoch"], best_map=ckpt["best_map"],
                                 history=list(ckpt["history"]))
-        if ckpt.get("saa") is not None:
-            mc = self.cfg.method
-            self.saa = SAA(ckpt["saa"]["qk"].shape[0], heads=mc.saa_heads,
-                           head_dim=mc.saa_head_dim, temperature=mc.saa_temperature)
-            self.saa.load_state_dict(ckpt["saa"])
-            self.saa.to(self.device)
+        self.aggregator.load_state_dict(ckpt.get("saa"))
         _set_rng_state(ckpt["rng"])
 
 

@@ -183,7 +183,7 @@ class ClusterMemory(nn.Module):
 
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
-    def update(self, inputs: Tensor, targets: Tensor) -> None:
+    def update(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """Momentum-update the prototypes of the batch's clusters (mode ``self.mode``).
 
         Call after the optimiser step. ``mean``: every row updates its cluster, in batch order
@@ -195,19 +195,24 @@ class ClusterMemory(nn.Module):
         Args:
             inputs: ``B x D`` features (normally L2-normalised), any floating dtype.
             targets: ``B`` integer cluster indices in ``[0, num_clusters)``.
+
+        Returns:
+            The positions of the rows that updated a prototype (int64, in the gathered batch
+            when ``distributed``): every row for ``mean``, one per cluster for ``hard``.
         """
         self._check_inputs(inputs, targets)
         inputs, targets = self._gather(inputs, targets)
         if inputs.shape[0] == 0:
-            return
+            return torch.zeros(0, dtype=torch.long, device=inputs.device)
         if self.mode == "mean":
             occurrence = _occurrence_index(targets)
             for j in range(int(occurrence.max()) + 1):
                 rows = occurrence == j
                 self._apply_momentum(inputs[rows], targets[rows])
-        else:
-            rows = self._hardest_rows(inputs, targets)
-            self._apply_momentum(inputs[rows], targets[rows])
+            return torch.arange(inputs.shape[0], device=inputs.device)
+        rows = self._hardest_rows(inputs, targets)
+        self._apply_momentum(inputs[rows], targets[rows])
+        return rows
 
     @torch.no_grad()
     def momentum_update(self, inputs: Tensor, targets: Tensor) -> None:

@@ -9,7 +9,8 @@
 ``time_cluster``, ``time_memory``, ``time_train``), plus the ranking metrics and
 ``time_eval`` on evaluated epochs. An epoch whose clustering found too few clusters has
 ``"skipped": true`` and no ``loss``. On data whose training split carries identities, epochs
-also report the pseudo-labels' agreement with them (:data:`QUALITY_KEYS`, ``pl_*``).
+also report the pseudo-labels' agreement with them (``pl_*``) and the memory diagnostics
+(``mem_*``, ``upd_*``). Every key is named once, in :mod:`robustreid.engine.metrics`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robustreid.clustering.quality import QUALITY_KEYS
+from robustreid.engine.metrics import FRACTION_KEYS, MEMORY_DIAGNOSTICS, NUMBER_KEYS, PHASES
 from robustreid.io import atomic_write
 
 if TYPE_CHECKING:
@@ -29,15 +30,16 @@ if TYPE_CHECKING:
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 
-#: Phases of an epoch, in the order they run; ``time_<phase>`` holds their seconds.
-PHASES = ("extract", "cluster", "memory", "train", "eval")
-
-_FRACTION_KEYS = ("mAP", "mINP", "rank1", "rank5")
-_NUMBER_KEYS = ("lr", "clusters", "outliers", "loss", *_FRACTION_KEYS,
-                *(f"time_{phase}" for phase in PHASES), *QUALITY_KEYS)
 #: Pseudo-label quality series drawn in their own panel (fractions in [0, 1]).
 QUALITY_PLOTTED = {"pl_precision": "pairwise precision", "pl_recall": "pairwise recall",
                    "pl_fscore": "pairwise F", "pl_ari": "ARI", "pl_nmi": "NMI"}
+#: Memory diagnostics drawn in their own panel: angles (degrees) and fractions.
+ANGLES_PLOTTED = {"mem_init_angle": "initial prototypes",
+                  "mem_init_angle_mean": "initial, mean init (reference)",
+                  "mem_end_angle": "prototypes at epoch end"}
+MISLABELED_PLOTTED = {"upd_mislabeled_fraction": "mislabeled updates",
+                      "upd_batch_mislabeled_fraction": "mislabeled batch samples"}
+assert set(ANGLES_PLOTTED) | set(MISLABELED_PLOTTED) <= set(MEMORY_DIAGNOSTICS)
 
 
 def metrics_path(metrics_jsonl_or_run_dir: str | Path) -> Path:
@@ -97,11 +99,11 @@ def _check_record(record: Any, where: str) -> None:
     epoch = record["epoch"]
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise ValueError(f"{where}: key 'epoch' must be an integer >= 0, got {epoch!r}")
-    for key in _NUMBER_KEYS:
+    for key in NUMBER_KEYS:
         value = record.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where}: key {key!r} must be a number, got {value!r}")
-    for key in _FRACTION_KEYS:
+    for key in FRACTION_KEYS:
         value = record.get(key, 0.0)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{where}: key {key!r} must be a fraction in [0, 1], got {value!r}")
@@ -128,6 +130,9 @@ class TrainingCurves:
         skipped: epochs skipped because clustering found fewer than 2 clusters.
         quality_epochs: epochs that report pseudo-label quality against true identities.
         quality: key of :data:`QUALITY_PLOTTED` -> value per ``quality_epochs`` entry.
+        memory_epochs: epochs that report the memory diagnostics.
+        memory: key of :data:`ANGLES_PLOTTED` or :data:`MISLABELED_PLOTTED` -> value per
+            ``memory_epochs`` entry.
         all_epochs: every epoch in the file, sorted.
     """
 
@@ -145,6 +150,8 @@ class TrainingCurves:
     all_epochs: list[int] = field(default_factory=list)
     quality_epochs: list[int] = field(default_factory=list)
     quality: dict[str, list[float]] = field(default_factory=dict)
+    memory_epochs: list[int] = field(default_factory=list)
+    memory: dict[str, list[float]] = field(default_factory=dict)
 
 
 def training_curves(records: list[dict[str, Any]]) -> TrainingCurves:
@@ -176,6 +183,10 @@ def training_curves(records: list[dict[str, Any]]) -> TrainingCurves:
             curves.quality_epochs.append(epoch)
             for key in QUALITY_PLOTTED:
                 curves.quality.setdefault(key, []).append(float(rec[key]))
+        if all(key in rec for key in (*ANGLES_PLOTTED, *MISLABELED_PLOTTED)):
+            curves.memory_epochs.append(epoch)
+            for key in (*ANGLES_PLOTTED, *MISLABELED_PLOTTED):
+                curves.memory.setdefault(key, []).append(float(rec[key]))
     return curves
 
 
@@ -183,7 +194,8 @@ def training_curves_figure(curves: TrainingCurves, title: str | None = None) -> 
     """A 2 x 2 figure (Agg canvas, no display): test mAP and rank-1 (%), clusters and outliers,
     training loss, and seconds per phase (stacked bars), all against the epoch. Skipped epochs
     are shaded grey in every panel; a panel without data says "no data". When the records
-    carry pseudo-label quality, a fifth panel (2 x 3 figure) draws it.
+    carry pseudo-label quality, a fifth panel (2 x 3 figure) draws it, and a sixth the
+    memory diagnostics (prototype angles to the identity centres, mislabeled updates).
 
     Lines carry their series name as label (``"mAP"``, ``"rank-1"``, ``"clusters"``,
     ``"outliers"``, ``"loss"``); bar containers carry the phase name.
@@ -200,8 +212,12 @@ def training_curves_figure(curves: TrainingCurves, title: str | None = None) -> 
     panels = [ax_acc, ax_labels, ax_loss, ax_time]
     if with_quality:
         ax_quality = grid[0][2]
-        fig.delaxes(grid[1][2])
         panels.append(ax_quality)
+        if curves.memory_epochs:
+            panels.append(grid[1][2])
+            _memory_panel(grid[1][2], curves)
+        else:
+            fig.delaxes(grid[1][2])
         ax_quality.set_title("Pseudo-labels against the true identities")
         for key, name in QUALITY_PLOTTED.items():
             ax_quality.plot(curves.quality_epochs, curves.quality[key], "o-", label=name)
@@ -271,6 +287,21 @@ def training_curves_figure(curves: TrainingCurves, title: str | None = None) -> 
         heading += f" (skipped epochs: {', '.join(map(str, curves.skipped))})"
     fig.suptitle(heading)
     return fig
+
+
+def _memory_panel(ax: Axes, curves: TrainingCurves) -> None:
+    ax.set_title("Memory against the true identities")
+    ax.set_ylabel("angle to identity centre (degrees)")
+    for index, (key, name) in enumerate(ANGLES_PLOTTED.items()):
+        ax.plot(curves.memory_epochs, curves.memory[key], "o-", color=f"C{index}", label=name)
+    ax_frac = ax.twinx()
+    for index, (key, name) in enumerate(MISLABELED_PLOTTED.items()):
+        ax_frac.plot(curves.memory_epochs, curves.memory[key], "^--", color=f"C{index + 3}",
+                     label=name)
+    ax_frac.set_ylabel("fraction")
+    ax_frac.set_ylim(0, 1.05)
+    lines = ax.get_lines() + ax_frac.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=7)
 
 
 def _no_data(ax: Axes, reason: str) -> None:

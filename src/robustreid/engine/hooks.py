@@ -1,0 +1,301 @@
+"""Callbacks of the training loop: evaluation, metrics, logging, checkpoints, diagnostics.
+
+The trainer's epoch reads like the method (extract -> pseudo-label -> memory -> train); all
+the bookkeeping lives here, as hooks it calls at fixed points (after fast-reid's
+``HookBase``). Every hook method receives the trainer; the per-epoch ones also receive the
+:class:`EpochContext`, whose ``record`` (the epoch's line of ``metrics.jsonl``) they may add
+keys to. Hooks must not draw from the global random generators (exact resume depends on it).
+
+Order of the calls in :meth:`robustreid.engine.trainer.Trainer.fit`::
+
+    before_train
+    per epoch: after_pseudo_labels, after_memory_init, after_step (per step),
+               after_epoch_train, after_epoch, then on_record (the finished record)
+    after_train
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from robustreid.clustering.labellers import EpochLabels
+from robustreid.clustering.quality import (
+    identity_centres,
+    majority_identities,
+    mean_angle_degrees,
+    pseudo_label_quality,
+)
+from robustreid.engine.checkpoint import save_checkpoint
+from robustreid.io import atomic_write_text
+from robustreid.memory import ClusterMemory, cluster_means
+
+if TYPE_CHECKING:
+    from robustreid.engine.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochContext:
+    """What one epoch has produced so far.
+
+    Attributes:
+        epoch: 1-based epoch.
+        record: the epoch's metrics (hooks add keys).
+        features: (N, D) features of the training split extracted at the epoch's start.
+        labels: the epoch's pseudo-labels.
+        memory: the epoch's memory (None before its initialisation).
+    """
+
+    epoch: int
+    record: dict[str, Any]
+    features: torch.Tensor
+    labels: EpochLabels
+    memory: ClusterMemory | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """One training step: ``iteration`` (1-based), ``indices`` (B,) of the batch samples in
+    the training split, ``targets`` (B,) their clusters, ``updated`` the batch positions of the
+    samples that moved a prototype, ``loss`` the step's loss."""
+
+    iteration: int
+    indices: torch.Tensor
+    targets: torch.Tensor
+    updated: torch.Tensor
+    loss: float
+
+
+class HookBase:
+    """A callback of the training loop; override what you need."""
+
+    def before_train(self, trainer: Trainer) -> None:
+        pass
+
+    def after_pseudo_labels(self, trainer: Trainer, ctx: EpochContext) -> None:
+        pass
+
+    def after_memory_init(self, trainer: Trainer, ctx: EpochContext) -> None:
+        pass
+
+    def after_step(self, trainer: Trainer, ctx: EpochContext, step: StepContext) -> None:
+        pass
+
+    def after_epoch_train(self, trainer: Trainer, ctx: EpochContext) -> None:
+        pass
+
+    def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        pass
+
+    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        pass
+
+    def after_train(self, trainer: Trainer) -> None:
+        pass
+
+
+class EvaluationHook(HookBase):
+    """Test ranking before training (epoch 0, on a fresh start), every ``every`` epochs and
+    after the last (``every`` = 0: only after the last)."""
+
+    def __init__(self, every: int, epochs: int) -> None:
+        self.every, self.epochs = every, epochs
+
+    def before_train(self, trainer: Trainer) -> None:
+        if trainer.state.history:
+            return
+        metrics = trainer.evaluate_metrics()
+        trainer.record({"epoch": 0, **metrics})
+        logger.info("before training: mAP %.2f%% rank-1 %.2f%%", 100 * metrics["mAP"],
+                    100 * metrics["rank1"])
+
+    def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        epoch = record["epoch"]
+        if epoch == self.epochs or (self.every and epoch % self.every == 0):
+            start = time.perf_counter()
+            record.update(trainer.evaluate_metrics(), time_eval=time.perf_counter() - start)
+
+
+class MetricsWriter(HookBase):
+    """Every record to ``out_dir/metrics.jsonl`` (rewritten atomically) and TensorBoard."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self._writer: Any = None
+
+    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in trainer.state.history)
+        atomic_write_text(self.out_dir / "metrics.jsonl", lines)
+        writer = self._tensorboard(trainer.state.epoch)
+        if writer is not None:
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, int | float):
+                    writer.add_scalar(key, value, record["epoch"])
+            writer.flush()
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self._writer:
+            self._writer.close()
+        self._writer = None
+
+    def _tensorboard(self, epoch: int) -> Any:
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but keep training without it
+                logger.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+                self._writer = False
+                return None
+            self._writer = SummaryWriter(self.out_dir / "tensorboard", purge_step=epoch)
+        return self._writer or None
+
+
+class EpochLogger(HookBase):
+    """One log line per epoch: clusters, loss, test metrics, phase times."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if record["epoch"] == 0:
+            return
+        parts = [f"epoch {record['epoch']}/{self.epochs}"]
+        if record.get("skipped"):
+            parts.append("skipped")
+        else:
+            parts.append(f"clusters {record['clusters']} outliers {record['outliers']} "
+                         f"loss {record['loss']:.3f}")
+        if "mAP" in record:
+            parts.append(f"mAP {100 * record['mAP']:.2f}% rank-1 {100 * record['rank1']:.2f}%")
+        times = " ".join(f"{k[5:]} {record[k]:.1f}s" for k in
+                         ("time_extract", "time_cluster", "time_train", "time_eval")
+                         if k in record)
+        logger.info("%s | %s", " | ".join(parts), times)
+
+
+class CheckpointHook(HookBase):
+    """``last.pth`` after every epoch (everything a resume needs) and ``best.pth`` when the
+    epoch's ``metric`` beats every earlier one (the model, metrics, config and meta)."""
+
+    def __init__(self, out_dir: Path, metric: str = "mAP") -> None:
+        self.out_dir, self.metric = Path(out_dir), metric
+
+    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if record["epoch"] == 0:
+            return
+        payload = trainer.checkpoint_payload()
+        value = record.get(self.metric)
+        if value is not None and value > trainer.state.best_map:
+            trainer.state.best_map = value
+            payload["best_map"] = value
+            save_checkpoint(self.out_dir / "best.pth", {
+                "epoch": trainer.state.epoch, "model": payload["model"], "metrics": record,
+                "config": payload["config"], "meta": payload["meta"],
+            })
+            logger.info("new best %s %.2f%% at epoch %d, saved %s", self.metric, 100 * value,
+                        trainer.state.epoch, self.out_dir / "best.pth")
+        save_checkpoint(self.out_dir / "last.pth", payload)
+
+
+class IterationCallback(HookBase):
+    """Calls ``fn(epoch, iteration)`` after every training step (tests interrupt runs)."""
+
+    def __init__(self, fn: Callable[[int, int], None]) -> None:
+        self.fn = fn
+
+    def after_step(self, trainer: Trainer, ctx: EpochContext, step: StepContext) -> None:
+        self.fn(ctx.epoch, step.iteration)
+
+
+class MechanismDiagnostics(HookBase):
+    """What the clustering and the memory did, measured against the true identities.
+
+    The identities are only read here, never trained on. Per epoch (not in instance warm-up
+    epochs) it adds to the record: the pseudo-label quality (``pl_*``, see
+    :func:`robustreid.clustering.quality.pseudo_label_quality`) and the memory diagnostics of
+    :data:`robustreid.engine.metrics.MEMORY_DIAGNOSTICS`. Identity centres are the
+    normalised means of each identity's features in the epoch's extraction; a cluster's
+    majority identity is its most frequent true identity. Its own cost is
+    ``time_diagnostics`` (seconds).
+
+    Args:
+        identities: (N,) true identity of every training image.
+    """
+
+    def __init__(self, identities: np.ndarray) -> None:
+        self.identities = np.asarray(identities, dtype=np.int64)
+        self._seconds = 0.0
+        self._active = False
+
+    def after_pseudo_labels(self, trainer: Trainer, ctx: EpochContext) -> None:
+        self._seconds, self._active = 0.0, not ctx.labels.instance
+        if not self._active:
+            return
+        start = time.perf_counter()
+        labels = ctx.labels
+        ctx.record.update(pseudo_label_quality(labels.labels, self.identities))
+        majority = majority_identities(labels.labels, self.identities, labels.num_clusters)
+        ids, centres = identity_centres(ctx.features, self.identities)
+        # per cluster, the row of its majority identity's centre (-1: empty cluster)
+        rows = np.where(majority >= 0, np.searchsorted(ids, majority), -1)
+        self._majority = torch.as_tensor(majority)
+        self._centre_rows = torch.as_tensor(rows)
+        self._centres = centres
+        self._ids = torch.as_tensor(self.identities)
+        self._updates = self._mislabeled = self._batch = self._batch_mislabeled = 0
+        self._seconds += time.perf_counter() - start
+
+    def _angle(self, prototypes: torch.Tensor) -> float:
+        keep = self._centre_rows >= 0
+        return mean_angle_degrees(prototypes.detach().cpu()[keep],
+                                  self._centres.cpu()[self._centre_rows[keep]])
+
+    def after_memory_init(self, trainer: Trainer, ctx: EpochContext) -> None:
+        if not self._active or ctx.memory is None:
+            return
+        start = time.perf_counter()
+        ctx.record["mem_init_angle"] = self._angle(ctx.memory.prototypes)
+        labels = torch.as_tensor(ctx.labels.labels)
+        means = cluster_means(ctx.features.cpu(), labels, ctx.labels.num_clusters,
+                              allow_empty=True)
+        ctx.record["mem_init_angle_mean"] = self._angle(means)
+        self._seconds += time.perf_counter() - start
+
+    def after_step(self, trainer: Trainer, ctx: EpochContext, step: StepContext) -> None:
+        if not self._active:
+            return
+        start = time.perf_counter()
+        indices, targets = step.indices.cpu(), step.targets.cpu()
+        wrong = self._ids[indices] != self._majority[targets]
+        used = step.updated.cpu()
+        self._batch += len(indices)
+        self._batch_mislabeled += int(wrong.sum())
+        self._updates += len(used)
+        self._mislabeled += int(wrong[used].sum())
+        self._seconds += time.perf_counter() - start
+
+    def after_epoch_train(self, trainer: Trainer, ctx: EpochContext) -> None:
+        if not self._active or ctx.memory is None:
+            return
+        start = time.perf_counter()
+        ctx.record["mem_end_angle"] = self._angle(ctx.memory.prototypes)
+        ctx.record["upd_count"] = self._updates
+        ctx.record["upd_mislabeled_fraction"] = self._mislabeled / max(1, self._updates)
+        ctx.record["upd_batch_mislabeled_fraction"] = self._batch_mislabeled / max(1, self._batch)
+        self._seconds += time.perf_counter() - start
+
+    def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if self._active:
+            record["time_diagnostics"] = self._seconds
+        self._active = False

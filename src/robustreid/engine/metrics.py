@@ -1,0 +1,44 @@
+"""The names of everything a run records per epoch, defined once.
+
+The trainer writes these keys to ``metrics.jsonl`` and TensorBoard; :mod:`robustreid.viz.curves`
+reads and draws them. Epoch 0 is the evaluation before training.
+"""
+
+from __future__ import annotations
+
+from robustreid.clustering.quality import QUALITY_KEYS
+
+#: Test ranking metrics, fractions in [0, 1].
+RANKING_KEYS = ("mAP", "rank1", "rank5", "mINP")
+
+#: Phases of an epoch, in the order they run; ``time_<phase>`` holds their seconds.
+PHASES = ("extract", "cluster", "memory", "train", "eval", "diagnostics")
+TIME_KEYS = tuple(f"time_{phase}" for phase in PHASES)
+
+#: What every trained epoch reports.
+EPOCH_KEYS = ("lr", "clusters", "outliers", "loss")
+
+#: Memory and update diagnostics against the true identities (only on data that carries
+#: them; never used to train). Angles in degrees, fractions in [0, 1].
+MEMORY_DIAGNOSTICS = {
+    "mem_init_angle": "mean angle between each initial prototype and its cluster's majority "
+                      "identity centre (the initialiser the run uses)",
+    "mem_init_angle_mean": "the same for the plain mean initialisation (reference)",
+    "mem_end_angle": "the same for the prototypes at the end of the epoch",
+    "upd_mislabeled_fraction": "momentum updates made with a sample whose identity is not "
+                               "its cluster's majority identity",
+    "upd_batch_mislabeled_fraction": "batch samples whose identity is not their cluster's "
+                                     "majority identity (the base rate)",
+    "upd_count": "momentum updates in the epoch",
+}
+MEMORY_DIAGNOSTIC_KEYS = tuple(MEMORY_DIAGNOSTICS)
+
+#: Statistics the CSA / HPS strategies report (see ``memory.strategies``).
+METHOD_KEYS = ("saa_initial_loss", "saa_final_loss", "saa_seconds", "hps_accepted_fraction",
+               "hps_fallback_fraction", "hps_dispersion")
+
+#: Every numeric key a record may hold.
+NUMBER_KEYS = (*EPOCH_KEYS, *RANKING_KEYS, *TIME_KEYS, *QUALITY_KEYS,
+               *MEMORY_DIAGNOSTIC_KEYS, *METHOD_KEYS)
+#: The keys that must be fractions in [0, 1].
+FRACTION_KEYS = RANKING_KEYS
