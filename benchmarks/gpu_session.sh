@@ -9,7 +9,8 @@
 #   2. benchmarks/method_overhead.py on configs/market1501.yaml: ResNet-50 at 256 x 128,
 #      batch 256 (full-batch probes), with AMP (the config's setting) and without;
 #   3. benchmarks/clustering.py with the exact kNN on the GPU at N = 12,936 and N = 100,000;
-#   4. the SynthPerson ablation, seeds 1..$SEEDS, $JOBS runs at a time, stopped so that the
+#   4. the paired SynthPerson ablation ($CONFIG, by default the Market-sized preset, generated
+#      under data/ if missing), seeds 1..$SEEDS, $JOBS runs at a time, stopped so that the
 #      whole script ends by $DEADLINE seconds (finished runs are kept; the table and plot
 #      cover them; the variants of each seed run in the order of $VARIANTS, by default
 #      baseline, CSA + HPS, hard, CSA, HPS, so the main comparison fills first). The table goes
@@ -23,8 +24,9 @@ OUT=${OUT:?set OUT to a folder for the logs}
 SEEDS=${SEEDS:-10}
 JOBS=${JOBS:-10}
 DEADLINE=${DEADLINE:-560}
-VARIANTS=${VARIANTS:-baseline_mean csa_hps baseline_hard csa hps}
-MARKER=${MARKER:-synthperson-results-gpu}
+VARIANTS=${VARIANTS:-baseline_mean csa_hps baseline_hard csa hps joint_csa}
+CONFIG=${CONFIG:-configs/synthperson_market_ablation.yaml}
+MARKER=${MARKER:-paired-ablation-gpu}
 RUNS=${RUNS:-runs/gpu}  # results.json and run folders of the ablation
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -54,19 +56,25 @@ echo "== clustering, kNN on the GPU"
 grep -E "clustered|floor|ours total|ratio|post-kNN|clusters /" "$OUT/clustering_cuda.txt"
 fi
 
+if [ "$CONFIG" = configs/synthperson_market_ablation.yaml ] && \
+        [ ! -d data/synthperson_market/bounding_box_train ]; then
+    echo "== rendering the Market-sized SynthPerson"
+    "$PY" -m robustreid synth --preset market --out data/synthperson_market \
+        --workers "$(nproc)" > "$OUT/synth.log" 2>&1
+fi
 ABLATION_SECONDS=$((DEADLINE - SECONDS - 30))
 echo "== SynthPerson ablation, seeds 1..$SEEDS, $JOBS at a time, ${ABLATION_SECONDS}s"
 cp docs/RESULTS.md "$OUT/RESULTS.md"
 # shellcheck disable=SC2086  # $VARIANTS is a list of names
 timeout -k 10 "$ABLATION_SECONDS" "$PY" scripts/synthperson_results.py --out "$RUNS" \
-    --only $VARIANTS --seeds $(seq 1 "$SEEDS") \
+    --config "$CONFIG" --paired --only $VARIANTS --seeds $(seq 1 "$SEEDS") \
     --jobs "$JOBS" --threads 1 --marker "$MARKER" \
-    --results-md "$OUT/RESULTS.md" --plot "$OUT/ablation_map_gpu.png" > "$OUT/ablation.log" 2>&1
+    --results-md "$OUT/RESULTS.md" --plot "$OUT/ablation_paired_gpu.png" > "$OUT/ablation.log" 2>&1
 # after a timeout: merge what the workers finished and write the table and plot
 pkill -f synthperson_results.py
-"$PY" scripts/synthperson_results.py --out "$RUNS" --only _none_ \
+"$PY" scripts/synthperson_results.py --out "$RUNS" --only _none_ --config "$CONFIG" --paired \
     --marker "$MARKER" --results-md "$OUT/RESULTS.md" \
-    --plot "$OUT/ablation_map_gpu.png" >> "$OUT/ablation.log" 2>&1
+    --plot "$OUT/ablation_paired_gpu.png" >> "$OUT/ablation.log" 2>&1
 cp "$RUNS/results.json" "$OUT/results_gpu.json" 2>/dev/null
 grep -A 12 "$MARKER:begin" "$OUT/RESULTS.md"
 grep -E "Traceback|Error" "$OUT/ablation.log" | sort | uniq -c | head

@@ -80,6 +80,8 @@ VARIANTS = [
      "train", ["memory.init=mean", "memory.update=mean", "memory.momentum=0.5"], True),
     ("csa_hps_m05", "alternative: CSA + HPS at momentum 0.5", "train",
      ["memory.init=csa", "memory.update=hps", "memory.momentum=0.5"], True),
+    ("joint_csa", "alternative reading: in-batch CSA trained with the backbone (mean init)",
+     "train", ["memory.init=mean", "memory.update=joint_csa"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]

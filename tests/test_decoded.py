@@ -34,6 +34,17 @@ def test_decoded_images_equal_the_test_transform_bit_for_bit(jpegs):
     assert torch.equal(decoded.batch([3, 1]), decoded.images[[3, 1]])
 
 
+def test_decoded_images_move_to_a_device_and_batch_there(jpegs):
+    decoded = DecodedImages(jpegs, 32, 16)
+    device = "meta"  # a device other than the CPU that every machine has (shapes only)
+    assert decoded.to(device) is decoded
+    assert decoded.images.device.type == device
+    # CPU indices (a tensor or a list) are moved to the images' device
+    for index in (torch.tensor([4, 0]), [4, 0]):
+        batch = decoded.batch(index)
+        assert batch.device.type == device and batch.shape == (2, 3, 32, 16)
+
+
 def test_decoded_images_name_a_corrupt_file(jpegs, tmp_path):
     bad = tmp_path / "0099_c1s1_000000_00.jpg"
     bad.write_bytes(b"not a jpeg")

@@ -317,3 +317,31 @@ def test_csa_run_logs_saa_statistics(tiny_data, tmp_path):
     assert np.isfinite(record["saa_initial_loss"]) and np.isfinite(record["saa_final_loss"])
     assert record["saa_seconds"] > 0
     assert {"mem_init_angle", "mem_init_angle_mean", "mem_end_angle"} <= set(record)
+
+
+def test_in_batch_csa_trains_jointly_and_resumes_exactly(tiny_data, tmp_path):
+    extra = ["memory.update=joint_csa", "train.eval_every=0"]
+    full = make_trainer(tiny_config(tmp_path / "full", *extra), tiny_data)
+    assert full.update.name == "joint_csa"
+    start = {k: v.clone() for k, v in full.update.state_dict().items()}
+    full.fit()
+    # the attention block is in the optimiser: its weights moved with the backbone's
+    assert any(not torch.equal(start[k], v) for k, v in full.update.state_dict().items())
+    record = full.state.history[-1]
+    assert np.isfinite(record["joint_loss"]) and record["joint_peak_weight"] >= 1.0
+    # the aggregate of each batch cluster makes one update, built from every batch sample
+    assert record["upd_mislabeled_fraction"] == record["upd_batch_mislabeled_fraction"]
+
+    def kill(epoch, iteration):
+        if (epoch, iteration) == (2, 1):
+            raise Kill
+
+    cfg = tiny_config(tmp_path / "killed", *extra)
+    with pytest.raises(Kill):
+        make_trainer(cfg, tiny_data, on_iteration=kill).fit()
+    resumed = make_trainer(cfg, tiny_data)
+    resumed.fit(resume=True)
+    for module_full, module_resumed in ((full.model, resumed.model),
+                                        (full.update, resumed.update)):
+        for key, value in module_full.state_dict().items():
+            torch.testing.assert_close(module_resumed.state_dict()[key], value, rtol=0, atol=0)

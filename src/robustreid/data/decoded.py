@@ -44,7 +44,7 @@ class DecodedImages:
         desc: label of the progress bar (shown only when stderr is a terminal).
 
     Attributes:
-        images: ``N x 3 x height x width`` uint8 (CPU).
+        images: ``N x 3 x height x width`` uint8 (on the CPU, or where :meth:`to` put it).
 
     A missing or corrupt image raises :class:`~robustreid.data.DatasetError` naming it.
     """
@@ -65,9 +65,16 @@ class DecodedImages:
     def __len__(self) -> int:
         return len(self.images)
 
+    def to(self, device: torch.device | str) -> DecodedImages:
+        """Keep the images on ``device`` (e.g. a GPU: batches are then gathered there, with
+        no host-to-device copy per batch); returns ``self``."""
+        self.images = self.images.to(device)
+        return self
+
     def batch(self, indices: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """``B`` row indices -> ``B x 3 x H x W`` uint8 images."""
-        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+        """``B`` row indices -> ``B x 3 x H x W`` uint8 images, on the images' device."""
+        index = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
+        return self.images[index]
 
 
 def normalize_uint8(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,

@@ -35,7 +35,7 @@ MEMORY_DIAGNOSTIC_KEYS = tuple(MEMORY_DIAGNOSTICS)
 
 #: Statistics the CSA / HPS strategies report (see ``memory.strategies``).
 METHOD_KEYS = ("saa_initial_loss", "saa_final_loss", "saa_seconds", "hps_accepted_fraction",
-               "hps_fallback_fraction", "hps_dispersion")
+               "hps_fallback_fraction", "hps_dispersion", "joint_loss", "joint_peak_weight")
 
 #: Every numeric key a record may hold.
 NUMBER_KEYS = (*EPOCH_KEYS, *RANKING_KEYS, *TIME_KEYS, *QUALITY_KEYS,

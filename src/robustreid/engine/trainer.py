@@ -59,6 +59,7 @@ from robustreid.memory.strategies import (
     CSAInit,
     HardUpdate,
     HPSUpdate,
+    InBatchCSA,
     MeanInit,
     MeanUpdate,
     MemoryUpdate,
@@ -100,9 +101,10 @@ def labeller_from_config(cfg: Config, data: ReIDData, device: torch.device) -> P
     return labeller
 
 
-def strategies_from_config(cfg: Config, aggregator: Aggregator
+def strategies_from_config(cfg: Config, aggregator: Aggregator, feature_dim: int
                            ) -> tuple[PrototypeInit, MemoryUpdate]:
-    """The prototype initialisation and update ``cfg.memory`` names."""
+    """The prototype initialisation and update ``cfg.memory`` names (``feature_dim``: D of
+    the model, for the in-batch CSA block)."""
     mc = cfg.method
     init: PrototypeInit = (CSAInit(aggregator, mix=mc.csa_mix) if cfg.memory.init == "csa"
                            else MeanInit())
@@ -110,6 +112,9 @@ def strategies_from_config(cfg: Config, aggregator: Aggregator
     if cfg.memory.update == "hps":
         update = HPSUpdate(aggregator, accept_ratio=mc.hps_accept_ratio, mode=mc.hps_mode,
                            temperature=mc.hps_temperature)
+    elif cfg.memory.update == "joint_csa":
+        update = InBatchCSA(feature_dim, heads=mc.saa_heads, head_dim=mc.saa_head_dim,
+                            temperature=mc.saa_temperature, weight=mc.joint_csa_weight)
     else:
         update = HardUpdate() if cfg.memory.update == "hard" else MeanUpdate()
     return init, update
@@ -156,20 +161,6 @@ class Trainer:
         self.model = model.to(device)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-        )
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=cfg.train.step_size, gamma=cfg.train.gamma
-        )
-        self.amp = self.cuda and cfg.train.amp
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.test_transform = build_test_transform(cfg.data.height, cfg.data.width)
-        self.augment = BatchAugment(flip_p=cfg.train.flip_p, padding=cfg.train.padding,
-                                    erasing_p=cfg.train.erasing_p)
-        # Every split is decoded and resized once per run, on first use.
-        self._decoded: dict[str, DecodedImages] = {}
         self.labeller = labeller if labeller is not None else labeller_from_config(
             cfg, data, device)
         mc = cfg.method
@@ -180,9 +171,26 @@ class Trainer:
             steps=mc.csa_steps, clusters_per_step=mc.csa_clusters_per_step, lr=mc.csa_lr,
             max_members=mc.csa_max_members, agreement_temperature=mc.csa_agreement_temperature,
             loss_temperature=cfg.memory.temperature, device=device)
-        default_init, default_update = strategies_from_config(cfg, self.aggregator)
+        default_init, default_update = strategies_from_config(
+            cfg, self.aggregator, getattr(self.model, "feature_dim", 0))
         self.init = init if init is not None else default_init
         self.update = update if update is not None else default_update
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if isinstance(self.update, nn.Module):  # a strategy trained with the backbone
+            self.update.to(device)
+            params += list(self.update.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=cfg.train.lr,
+                                          weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=cfg.train.step_size, gamma=cfg.train.gamma
+        )
+        self.amp = self.cuda and cfg.train.amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.test_transform = build_test_transform(cfg.data.height, cfg.data.width)
+        self.augment = BatchAugment(flip_p=cfg.train.flip_p, padding=cfg.train.padding,
+                                    erasing_p=cfg.train.erasing_p)
+        # Every split is decoded and resized once per run, on first use.
+        self._decoded: dict[str, DecodedImages] = {}
         self.state = TrainState()
         self.hooks: list[HookBase] = [EvaluationHook(cfg.train.eval_every, cfg.train.epochs)]
         # True identities of the training split, for diagnostics only (never trained on);
@@ -271,6 +279,8 @@ class Trainer:
             self._decoded[split] = DecodedImages(
                 getattr(self.data, split), self.cfg.data.height, self.cfg.data.width,
                 num_workers=self.cfg.data.num_workers, desc=f"decode {split}")
+            if self.cfg.data.images_on_device:
+                self._decoded[split].to(self.device)
         return self._decoded[split]
 
     def _embed(self, split: str) -> torch.Tensor:
@@ -354,7 +364,8 @@ class Trainer:
             if tc.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             feats, loss = contrastive_step(self.model, memory, images, targets,
-                                           self.optimizer, self.scaler, self.amp)
+                                           self.optimizer, self.scaler, self.amp,
+                                           extra_loss=getattr(update, "loss", None))
             updated = update(memory, feats, targets, rows.to(self.device))
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
@@ -403,6 +414,8 @@ class Trainer:
             "config": config,
             "rng": _rng_state(),
             "saa": self.aggregator.state_dict(),
+            "update": (self.update.state_dict() if isinstance(self.update, nn.Module)
+                       else None),
             # self-description of the saved model (architecture, input, normalisation, D)
             "meta": model_meta(config["model"], self.cfg.data.height, self.cfg.data.width,
                                getattr(self.model, "feature_dim", 0), IMAGENET_MEAN,
@@ -418,6 +431,8 @@ class Trainer:
         self.state = TrainState(epoch=ckpt["epoch"], best_map=ckpt["best_map"],
                                 history=list(ckpt["history"]))
         self.aggregator.load_state_dict(ckpt.get("saa"))
+        if isinstance(self.update, nn.Module) and ckpt.get("update") is not None:
+            self.update.load_state_dict(ckpt["update"])
         _set_rng_state(ckpt["rng"])
 
 
@@ -429,6 +444,7 @@ def contrastive_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     amp: bool,
+    extra_loss: Callable[[ClusterMemory, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step of the backbone: InfoNCE of the batch against the cluster memory.
 
@@ -440,6 +456,8 @@ def contrastive_step(
         optimizer: the backbone's optimiser.
         scaler: gradient scaler (enabled exactly when ``amp``).
         amp: float16 autocast of the forward pass (CUDA).
+        extra_loss: optional ``(memory, feats (B, D), targets) -> loss`` added to the
+            InfoNCE loss (a memory strategy trained with the backbone, e.g. in-batch CSA).
 
     Returns:
         The batch features (``B x D`` float32, detached) for the momentum update, and the loss
@@ -448,6 +466,8 @@ def contrastive_step(
     with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
         feats = model(images)
     loss = memory(feats.float(), targets)
+    if extra_loss is not None:
+        loss = loss + extra_loss(memory, feats.float(), targets)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

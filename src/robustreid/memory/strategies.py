@@ -10,7 +10,10 @@ Update (after every optimiser step, on the batch):
 * :class:`MeanUpdate` - every sample, one after another (cluster-contrast);
 * :class:`HardUpdate` - per cluster the sample least similar to its prototype;
 * :class:`HPSUpdate` - hard positive sampling: per cluster the hardest sample SAA still
-  accepts as a member.
+  accepts as a member;
+* :class:`InBatchCSA` - the other reading of CSA: self-attention over the K instances of
+  each pseudo-identity in the batch, trained jointly with the backbone; its aggregate adds a
+  loss term and is the sample of the momentum update.
 
 CSA and HPS share one :class:`Aggregator`, which owns the SAA module, trains it once per
 epoch on the epoch's features and carries its weights over to the next epoch. Every
@@ -23,10 +26,16 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from robustreid.memory.cluster_memory import ClusterMemory, cluster_means
-from robustreid.method import SAA, csa_prototypes, select_hard_positive_indices, train_saa
+from robustreid.method import (
+    SAA,
+    csa_prototypes,
+    pack_clusters,
+    select_hard_positive_indices,
+    train_saa,
+)
 
 
 class Aggregator:
@@ -238,3 +247,69 @@ class HPSUpdate:
         return {"hps_accepted_fraction": s["accepted_fraction"] / self._steps,
                 "hps_fallback_fraction": s["fallback_fraction"] / self._steps,
                 "hps_dispersion": s["mean_dispersion"] / self._steps}
+
+
+class InBatchCSA(nn.Module):
+    """CSA as a self-attention block over the K instances of each pseudo-identity in the
+    batch, trained jointly with the backbone (the other reading of the published method).
+
+    For each cluster ``c`` of the batch, SAA aggregates its batch features (with gradients)
+    into ``z_c``. The step's loss gains ``weight * InfoNCE(z_c, prototypes, c)`` (so the
+    attention and the backbone learn together), and after the step ``z_c`` (detached) makes
+    the cluster's one momentum update. An untrained SAA attends uniformly, i.e. ``z_c`` starts
+    as the batch mean of the cluster.
+
+    Args:
+        dim: feature dimension D.
+        heads, head_dim, temperature: SAA's shape and attention temperature.
+        weight: weight of the aggregate's loss term.
+
+    Statistics per epoch: ``joint_loss`` (mean aggregate loss, unweighted) and
+    ``joint_peak_weight`` (mean over clusters of the largest membership weight times the
+    cluster's batch size: 1 = uniform attention).
+    """
+
+    name = "joint_csa"
+    needs_saa = False
+    memory_mode = "mean"
+
+    def __init__(self, dim: int, heads: int = 2, head_dim: int = 16, temperature: float = 0.1,
+                 weight: float = 1.0) -> None:
+        super().__init__()
+        self.saa = SAA(dim, heads=heads, head_dim=head_dim, temperature=temperature)
+        self.weight = weight
+        self._pending: tuple[Tensor, Tensor] | None = None
+        self._sums = [0.0, 0.0]
+        self._steps = 0
+
+    def begin_epoch(self, features: Tensor, labels: Tensor) -> None:
+        self._sums, self._steps = [0.0, 0.0], 0
+
+    def loss(self, memory: ClusterMemory, feats: Tensor, targets: Tensor) -> Tensor:
+        """The aggregate loss of a batch: ``feats`` (B, D) with gradients, ``targets`` (B,)."""
+        x, mask, index = pack_clusters(feats.float(), targets)
+        out = self.saa(x, mask)
+        classes = targets[index[:, 0]]
+        loss = memory(out.prototypes, classes)
+        peak = (out.weights.max(1).values * mask.sum(1)).mean()
+        self._pending = (out.prototypes.detach(), classes)
+        self._sums[0] += float(loss.detach())
+        self._sums[1] += float(peak.detach())
+        self._steps += 1
+        return self.weight * loss
+
+    def __call__(self, memory: ClusterMemory, feats: Tensor, targets: Tensor,
+                 indices: Tensor) -> Tensor:
+        if self._pending is None:
+            raise RuntimeError("InBatchCSA: loss() must run in the step before the update")
+        aggregates, classes = self._pending
+        self._pending = None
+        memory.momentum_update(aggregates, classes)
+        # every batch sample is part of its cluster's aggregate
+        return torch.arange(feats.shape[0], device=feats.device)
+
+    def epoch_stats(self) -> dict[str, float]:
+        if not self._steps:
+            return {}
+        return {"joint_loss": self._sums[0] / self._steps,
+                "joint_peak_weight": self._sums[1] / self._steps}
