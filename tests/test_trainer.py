@@ -298,6 +298,13 @@ def test_memory_diagnostics_on_a_planted_labelling(tiny_data, tmp_path, update):
     assert 0.0 < record["mem_end_angle"] < 90.0
     fig = training_curves_figure(training_curves(read_metrics(tmp_path / "run")))
     assert "Memory against the true identities" in [ax.get_title() for ax in fig.axes]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run/tensorboard"))
+    events.Reload()
+    for key in ("mem_init_angle", "upd_mislabeled_fraction", "pl_fscore"):
+        (scalar,) = events.Scalars(key)
+        assert scalar.step == 1 and scalar.value == pytest.approx(record[key], rel=1e-5)
 
     # with the true ids as labels every prototype starts on its identity centre
     sup = make_trainer(tiny_config(tmp_path / "sup", "train.epochs=1", "train.eval_every=0",
