@@ -400,6 +400,19 @@ def write_paired_table(results: dict, md_path: Path, marker: str, config: str) -
     print(block)
 
 
+def save_figure(fig, png: Path) -> None:
+    """Write a matplotlib figure atomically to ``png`` and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(png.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png)
+    print(f"plot written to {png}")
+
+
 def plot_paired(results: dict, png: Path, config: str) -> None:
     """Left: paired differences to the baseline (mAP, rank-1) with 95 % CIs per variant.
     Right: the mislabeled-update fraction and the initial prototype angle per variant."""
@@ -440,13 +453,7 @@ def plot_paired(results: dict, png: Path, config: str) -> None:
     ax_d.legend(fontsize=8)
     ax_d.grid(alpha=0.3)
     fig.suptitle(f"Paired ablation ({config}), {', '.join(_devices(results))}", fontsize=10)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
-    print(f"plot written to {png}")
+    save_figure(fig, png)
 
 
 def plot_curves(results: dict, png: Path) -> None:
@@ -473,13 +480,7 @@ def plot_curves(results: dict, png: Path) -> None:
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png)
-    print(f"plot written to {png}")
+    save_figure(fig, png)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,28 @@ def test_table_with_marker_keeps_other_blocks(tmp_path: Path, results_script) ->
     assert "| 43.3 ± 49.3 |" in row  # mAP 10 / 20 / 100 %: mean ± sample sd
     results_script.write_table(runs, md, marker="synthperson-results-gpu")  # replaced, not added
     assert md.read_text().count("synthperson-results-gpu:begin") == 1
+
+
+def test_paired_difference_and_table(tmp_path: Path, results_script) -> None:
+    results = {}
+    base = [0.30, 0.40, 0.35, 0.50]
+    for seed, m in enumerate(base, start=1):
+        results[f"baseline_mean/seed{seed}"] = _run("baseline_mean", seed, m)
+        results[f"csa_hps/seed{seed}"] = _run("csa_hps", seed, m + 0.02 + 0.01 * (seed % 2))
+    results["csa_hps/seed9"] = _run("csa_hps", 9, 0.9)  # no baseline partner: ignored
+    d = results_script.paired_difference(results, "csa_hps", "mAP")
+    assert d["n"] == 4 and d["wins"] == 4
+    assert d["mean"] == pytest.approx(0.025)
+    # t(0.975, 3) = 3.182; sd of the diffs = 0.005774
+    assert d["high"] - d["mean"] == pytest.approx(3.182446 * 0.0057735 / 2, rel=1e-4)
+    assert results_script.paired_difference(results, "hps", "mAP") is None
+    for key in results:
+        results[key]["diagnostics"] = {"upd_mislabeled_fraction": 0.25, "mem_init_angle": 20.0,
+                                       "mem_init_angle_mean": 21.0}
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# R\n\n<!-- x:begin -->\nold\n<!-- x:end -->\ntail\n")
+    results_script.write_paired_table(results, md, "x", "configs/c.yaml")
+    text = md.read_text()
+    assert "old" not in text and text.endswith("tail\n")
+    row = next(line for line in text.splitlines() if line.startswith("| CSA + HPS"))
+    assert "+2.50 [" in row and "(4/4)" in row and "| 25.0 |" in row and "20.0 (21.0)" in row

@@ -84,6 +84,20 @@ class Kill(Exception):
     pass
 
 
+def killed_at_epoch_2_then_resumed(cfg, data):
+    """A run killed after the first step of epoch 2, then resumed to the end."""
+
+    def kill(epoch, iteration):
+        if (epoch, iteration) == (2, 1):
+            raise Kill
+
+    with pytest.raises(Kill):
+        make_trainer(cfg, data, on_iteration=kill).fit()
+    resumed = make_trainer(cfg, data)
+    resumed.fit(resume=True)
+    return resumed
+
+
 def test_resume_after_kill_mid_epoch_matches_uninterrupted(tiny_data, tmp_path):
     full = make_trainer(tiny_config(tmp_path / "full"), tiny_data)
     full.fit()
@@ -182,15 +196,8 @@ def test_method_switches_train_and_resume(tiny_data, tmp_path, init, update):
     trained = [r for r in full.state.history[1:] if not r.get("skipped")]
     assert trained and all(np.isfinite(r["loss"]) for r in trained)
 
-    def kill(epoch, iteration):
-        if (epoch, iteration) == (2, 1):
-            raise Kill
-
-    cfg = tiny_config(tmp_path / "killed", *extra)
-    with pytest.raises(Kill):
-        make_trainer(cfg, tiny_data, on_iteration=kill).fit()
-    resumed = make_trainer(cfg, tiny_data)
-    resumed.fit(resume=True)
+    resumed = killed_at_epoch_2_then_resumed(tiny_config(tmp_path / "killed", *extra),
+                                             tiny_data)
     for key, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
     for key, value in full.saa.state_dict().items():
@@ -339,15 +346,8 @@ def test_in_batch_csa_trains_jointly_and_resumes_exactly(tiny_data, tmp_path):
     # the aggregate of each batch cluster makes one update, built from every batch sample
     assert record["upd_mislabeled_fraction"] == record["upd_batch_mislabeled_fraction"]
 
-    def kill(epoch, iteration):
-        if (epoch, iteration) == (2, 1):
-            raise Kill
-
-    cfg = tiny_config(tmp_path / "killed", *extra)
-    with pytest.raises(Kill):
-        make_trainer(cfg, tiny_data, on_iteration=kill).fit()
-    resumed = make_trainer(cfg, tiny_data)
-    resumed.fit(resume=True)
+    resumed = killed_at_epoch_2_then_resumed(tiny_config(tmp_path / "killed", *extra),
+                                             tiny_data)
     for module_full, module_resumed in ((full.model, resumed.model),
                                         (full.update, resumed.update)):
         for key, value in module_full.state_dict().items():
