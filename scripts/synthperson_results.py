@@ -82,6 +82,9 @@ VARIANTS = [
      ["memory.init=csa", "memory.update=hps", "memory.momentum=0.5"], True),
     ("joint_csa", "alternative reading: in-batch CSA trained with the backbone (mean init)",
      "train", ["memory.init=mean", "memory.update=joint_csa"], True),
+    ("trimmed_hard", "alternative: mean init, hardest sample of the more typical half "
+     "(cosine to the cluster mean)", "train", ["memory.init=mean", "memory.update=trimmed_hard"],
+     True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]

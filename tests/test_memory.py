@@ -309,3 +309,23 @@ def test_distributed_update_matches_single_process(tmp_path: Path) -> None:
         single.update(inputs, targets)  # rank 0's rows, then rank 1's
         assert torch.equal(rank0[mode], rank1[mode]), mode
         torch.testing.assert_close(rank0[mode], single.prototypes, rtol=0, atol=1e-6)
+
+
+def test_trimmed_hard_takes_the_hardest_of_the_more_typical_half():
+    from robustreid.memory.strategies import TrimmedHardUpdate, trimmed_hard_indices
+
+    means = torch.eye(3)
+    # cluster 0: cosines to e0 of 0.995, 0.707, 1.0, 0.316 -> ranks 2, 1, 3, 0; cluster 2 alone;
+    # cluster 1: cosines 0.6 and 0.8 (n = 2 -> rank 1, the more similar)
+    feats = torch.tensor([[1, 0.1, 0], [1, 1, 0], [1, 0, 0], [1, 3, 0], [0, 0, 1.0],
+                          [0.8, 0.6, 0], [0.6, 0.8, 0]])
+    targets = torch.tensor([0, 0, 0, 0, 2, 1, 1])
+    assert trimmed_hard_indices(feats, targets, means).tolist() == [0, 6, 4]
+    update = TrimmedHardUpdate()
+    update.begin_epoch(means, torch.tensor([0, 1, 2]))
+    memory = ClusterMemory(3, 3, momentum=0.0)
+    memory.init_prototypes(torch.ones(3, 3))
+    used = update(memory, torch.nn.functional.normalize(feats, dim=1), targets,
+                  torch.arange(7))
+    assert used.tolist() == [0, 6, 4]
+    torch.testing.assert_close(memory.prototypes[1], torch.tensor([0.6, 0.8, 0.0]))

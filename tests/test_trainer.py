@@ -253,7 +253,7 @@ def test_pseudo_label_diagnostics_are_logged_and_plotted(tiny_data, tmp_path):
     assert "Pseudo-labels against the true identities" in titles
 
 
-@pytest.mark.parametrize("update", ["mean", "hard"])
+@pytest.mark.parametrize("update", ["mean", "hard", "trimmed_hard"])
 def test_memory_diagnostics_on_a_planted_labelling(tiny_data, tmp_path, update):
     """Planted pseudo-labels: the true ids, with the first image of every identity moved
     into the next identity's cluster. The logged update diagnostics must equal what the

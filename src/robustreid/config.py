@@ -145,8 +145,9 @@ class MemoryConfig:
     init: Literal["mean", "csa"] = "mean"
     # Momentum update: every sample (mean), the least similar sample per class (hard), or
     # the hardest sample SAA still accepts as a member (hps), or the aggregate of an in-batch
-    # self-attention block trained with the backbone (joint_csa, see docs/method.md).
-    update: Literal["mean", "hard", "hps", "joint_csa"] = "mean"
+    # self-attention block trained with the backbone (joint_csa), or the hardest sample of
+    # the cluster's more typical half by cosine to its mean (trimmed_hard); docs/method.md.
+    update: Literal["mean", "hard", "hps", "joint_csa", "trimmed_hard"] = "mean"
 
 
 @dataclass

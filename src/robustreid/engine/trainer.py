@@ -64,6 +64,7 @@ from robustreid.memory.strategies import (
     MeanUpdate,
     MemoryUpdate,
     PrototypeInit,
+    TrimmedHardUpdate,
 )
 from robustreid.method import SAA
 
@@ -119,7 +120,8 @@ def strategies_from_config(cfg: Config, aggregator: Aggregator, feature_dim: int
         update = InBatchCSA(feature_dim, heads=mc.saa_heads, head_dim=mc.saa_head_dim,
                             temperature=mc.saa_temperature, weight=mc.joint_csa_weight)
     else:
-        update = HardUpdate() if cfg.memory.update == "hard" else MeanUpdate()
+        update = {"hard": HardUpdate, "trimmed_hard": TrimmedHardUpdate}.get(
+            cfg.memory.update, MeanUpdate)()
     return init, update
 
 

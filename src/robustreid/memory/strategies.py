@@ -313,3 +313,49 @@ class InBatchCSA(nn.Module):
             return {}
         return {"joint_loss": self._sums[0] / self._steps,
                 "joint_peak_weight": self._sums[1] / self._steps}
+
+
+class TrimmedHardUpdate(MeanUpdate):
+    """Per cluster of the batch, the hardest sample of its more typical half: its batch
+    samples ranked by cosine to the cluster's mean in the epoch's extraction, the one at rank
+    ``n // 2`` from the least similar (n = the cluster's batch samples; the lower median).
+
+    ``hard`` takes rank 0, the sample most likely to be mislabeled; HPS asks SAA which
+    samples to trust, but inside training SAA's weights barely separate the members
+    clustering got wrong (docs/method.md). This asks the plain cosine to the mean instead.
+    """
+
+    name = "trimmed_hard"
+    memory_mode = "mean"
+
+    def __init__(self) -> None:
+        self._means: Tensor | None = None
+
+    def begin_epoch(self, features: Tensor, labels: Tensor) -> None:
+        self._means = cluster_means(features, labels, int(labels.max()) + 1, allow_empty=True)
+
+    def __call__(self, memory: ClusterMemory, feats: Tensor, targets: Tensor,
+                 indices: Tensor) -> Tensor:
+        if self._means is None:
+            raise RuntimeError("TrimmedHardUpdate needs begin_epoch first")
+        idx = trimmed_hard_indices(feats, targets, self._means.to(feats.device))
+        memory.momentum_update(feats[idx], targets[idx])
+        return idx
+
+
+def trimmed_hard_indices(feats: Tensor, targets: Tensor, means: Tensor) -> Tensor:
+    """Per distinct target, the batch position of the sample at rank ``n // 2`` (ascending
+    cosine to ``means[target]``; ties by batch order).
+
+    Args:
+        feats: (B, D) features; targets: (B,) cluster indices; means: (C, D) unit-norm.
+
+    Returns:
+        (P,) int64 positions, one per distinct target, in increasing target order.
+    """
+    sims = (torch.nn.functional.normalize(feats.float(), dim=1) * means[targets]).sum(1)
+    by_sim = torch.argsort(sims, stable=True)
+    order = by_sim[torch.argsort(targets[by_sim], stable=True)]  # by target, then similarity
+    _, counts = torch.unique_consecutive(targets[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    return order[starts + counts // 2]
