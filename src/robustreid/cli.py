@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="unsupervised training (extract, cluster, memory, train per epoch)",
         description="Train an embedding without labels on the configured data set. Outputs "
-        "(config.yaml, train.log, metrics.jsonl, tensorboard/, last.pth, best.pth) go to "
-        "output_dir.",
+        "(config.yaml, train.log, metrics.jsonl, tensorboard/, last.pth, and best.pth when "
+        "there is a query/gallery split to evaluate on) go to output_dir.",
     )
     _add_config_arguments(train, "configs/synthperson.yaml")
     train.add_argument("--resume", action="store_true",
@@ -207,14 +207,17 @@ def evaluate_config(cfg: Config, features: str = "model", checkpoint: str | None
 
     ``state_dict`` holds trained weights for the model (``checkpoint`` names their file in
     the printed label)."""
-    from robustreid.data import build_dataset
+    from robustreid.data import DatasetError, build_configured_data
     from robustreid.data.transforms import build_test_transform
     from robustreid.evaluation.evaluate import evaluate_features, evaluate_model
     from robustreid.utils import resolve_device, seed_everything
 
     seed_everything(cfg.seed)
-    data = build_dataset(cfg.data.dataset, cfg.data.root, verify_images=cfg.data.verify_images,
-                         **cfg.data.options)
+    data = build_configured_data(cfg.data)
+    if not data.has_test_split:
+        raise DatasetError(f"data set {cfg.data.dataset!r} at {cfg.data.root} has no "
+                           "query/gallery to evaluate on: set data.eval_dataset (and "
+                           "data.eval_root) to a labelled data set")
     ranking = dict(rerank=cfg.eval.rerank, k1=cfg.eval.k1, k2=cfg.eval.k2,
                    lambda_value=cfg.eval.lambda_value, max_rank=cfg.eval.max_rank)
     if features == "model":
@@ -239,7 +242,7 @@ def evaluate_config(cfg: Config, features: str = "model", checkpoint: str | None
         gf = extract(handcrafted.load_images([s.path for s in data.gallery], size))
         result = evaluate_features(qf, gf, data.query, data.gallery, **ranking)
         label = features
-    print(f"{cfg.data.dataset}: {label}, {len(data.query)} queries, "
+    print(f"{cfg.data.eval_dataset or cfg.data.dataset}: {label}, {len(data.query)} queries, "
           f"{len(data.gallery)} gallery images")
     print(result.table())
     return result.as_dict()
@@ -280,23 +283,30 @@ def _with_checkpoint_model(cfg: Config, ckpt: dict[str, Any], checkpoint: str) -
 
 def train_config(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Build data, model and trainer from ``cfg`` and train; returns the last epoch's record."""
-    from robustreid.data import build_dataset
+    from robustreid.data import build_configured_data
     from robustreid.engine.trainer import Trainer
     from robustreid.utils import resolve_device, seed_everything
 
     seed_everything(cfg.seed)
-    data = build_dataset(cfg.data.dataset, cfg.data.root, verify_images=cfg.data.verify_images,
-                         **cfg.data.options)
+    data = build_configured_data(cfg.data)
     device = resolve_device(cfg.device)
     trainer = Trainer(cfg, build_configured_model(cfg), data, device)
     state = trainer.fit(resume=resume)
     first, last = state.history[0], state.history[-1]
     print(f"{cfg.data.dataset}: {cfg.model.arch}, {state.epoch} epochs, outputs in "
           f"{cfg.output_dir}")
-    print(f"{'':>16} | {'mAP':>7} | {'rank-1':>7}")
-    for name, rec in (("before training", first), ("after training", last)):
-        if "mAP" in rec:
-            print(f"{name:>16} | {100 * rec['mAP']:7.2f} | {100 * rec['rank1']:7.2f}")
+    if data.has_test_split:
+        print(f"{'':>16} | {'mAP':>7} | {'rank-1':>7}")
+        for name, rec in (("before training", first), ("after training", last)):
+            if "mAP" in rec:
+                print(f"{name:>16} | {100 * rec['mAP']:7.2f} | {100 * rec['rank1']:7.2f}")
+    else:
+        labels = ("skipped (too few clusters)" if last.get("skipped") else
+                  f"{last['clusters']} clusters, {last['outliers']} outliers, "
+                  f"loss {last['loss']:.3f}")
+        print(f"not evaluated (no query/gallery, data.eval_dataset not set); last epoch: "
+              f"{labels}")
+        print(f"trained model: {Path(cfg.output_dir) / 'last.pth'} (the last epoch)")
     return last
 
 

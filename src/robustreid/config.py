@@ -84,6 +84,13 @@ class DataConfig:
     images_on_device: bool = True
     # Extra keyword arguments for the dataset loader (e.g. keep_val_apart).
     options: dict[str, Any] = field(default_factory=dict)
+    # Evaluate on the query/gallery of another data set (e.g. train on unlabeled crops with
+    # dataset "images", measure on a small labelled "folder"). Empty: the training data
+    # set's own query/gallery; when it has none, training is not evaluated (no mAP, no
+    # best.pth; last.pth is the model of the last epoch).
+    eval_dataset: str = ""
+    eval_root: str = ""  # empty: data.root
+    eval_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

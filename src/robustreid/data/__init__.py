@@ -1,34 +1,45 @@
 """Datasets: the sample types, the dataset registry and the built-in readers.
 
 Importing this package registers the built-in readers (market1501, dukemtmc, personx,
-msmt17, synthperson, folder). Register your own with :func:`register_dataset`.
+msmt17, synthperson, folder, and ``images`` for unlabeled images). Register your own with
+:func:`register_dataset`.
 """
 
-from robustreid.data import readers  # noqa: F401  (registers the built-in readers)
+from robustreid.data import images, readers  # noqa: F401  (registers the built-in readers)
 from robustreid.data.base import (
     DATASETS,
+    IMAGE_SUFFIXES,
+    UNKNOWN_PID,
     DatasetError,
     ReIDData,
     Sample,
+    build_configured_data,
     build_dataset,
     list_datasets,
+    list_images,
     parse_market_name,
     read_image,
     register_dataset,
     relabel_pids,
     verify_images,
+    with_test_split,
 )
 
 __all__ = [
     "DATASETS",
+    "IMAGE_SUFFIXES",
+    "UNKNOWN_PID",
     "DatasetError",
     "ReIDData",
     "Sample",
+    "build_configured_data",
     "build_dataset",
     "list_datasets",
+    "list_images",
     "parse_market_name",
     "read_image",
     "register_dataset",
     "relabel_pids",
     "verify_images",
+    "with_test_split",
 ]

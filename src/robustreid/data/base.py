@@ -14,40 +14,59 @@ All bad input (missing folders, empty splits, unparsable file names, corrupt ima
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from PIL import Image
 
 from robustreid.registry import Registry
 
+if TYPE_CHECKING:
+    from robustreid.config import DataConfig
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DATASETS",
+    "IMAGE_SUFFIXES",
+    "UNKNOWN_PID",
     "DatasetError",
     "ReIDData",
     "Sample",
+    "build_configured_data",
     "build_dataset",
     "find_dataset_dir",
     "list_datasets",
     "list_images",
     "parse_market_name",
     "read_image",
+    "read_list_file",
     "register_dataset",
     "relabel_pids",
     "verify_images",
+    "with_test_split",
 ]
 
 PathLike = str | Path
 
+# The one list of image file suffixes (lower case) every lister and reader accepts.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# The person id of an image whose identity is unknown (unlabeled data, see the ``images``
+# reader). Readers of labelled data drop junk images (Market's pid -1) while reading, so
+# after loading -1 means "unknown", never "junk".
+UNKNOWN_PID = -1
+
 
 class Sample(NamedTuple):
-    """One image: its path, person id and 0-based camera id."""
+    """One image: its path, person id (:data:`UNKNOWN_PID` when unknown) and 0-based
+    camera id."""
 
     path: str
     pid: int
@@ -64,8 +83,8 @@ class DatasetError(ValueError):
 
 
 def _split_stats(samples: Sequence[Sample]) -> tuple[int, int, int]:
-    """(number of ids, number of images, number of cameras) of a split."""
-    pids = {s.pid for s in samples}
+    """(number of known ids, number of images, number of cameras) of a split."""
+    pids = {s.pid for s in samples if s.pid != UNKNOWN_PID}
     cams = {s.camid for s in samples}
     return len(pids), len(samples), len(cams)
 
@@ -77,11 +96,14 @@ class ReIDData:
     Attributes:
         name: registered dataset name.
         root: the dataset directory the images were read from.
-        train: training samples, pids relabelled to ``0..num_train_pids-1``.
-        query: query samples with their original pids.
-        gallery: gallery samples with their original pids.
+        train: training samples, pids relabelled to ``0..num_train_pids-1``, or all
+            :data:`UNKNOWN_PID` for unlabeled data.
+        query: query samples with their original pids (empty: no test split).
+        gallery: gallery samples with their original pids (empty: no test split).
         extra: further named splits a reader may provide (e.g. ``"val"`` for MSMT17 with
             ``keep_val_apart=True``); empty for most datasets.
+        test_source: where query and gallery come from when not from this data set
+            (``"name (root)"``, see :func:`with_test_split`); empty otherwise.
     """
 
     name: str
@@ -90,6 +112,7 @@ class ReIDData:
     query: list[Sample]
     gallery: list[Sample]
     extra: dict[str, list[Sample]] = field(default_factory=dict)
+    test_source: str = ""
 
     @property
     def splits(self) -> dict[str, list[Sample]]:
@@ -97,7 +120,18 @@ class ReIDData:
         return {"train": self.train, "query": self.query, "gallery": self.gallery, **self.extra}
 
     @property
+    def labelled(self) -> bool:
+        """True when every training image has a known person id."""
+        return bool(self.train) and all(s.pid != UNKNOWN_PID for s in self.train)
+
+    @property
+    def has_test_split(self) -> bool:
+        """True when there are queries and gallery images to evaluate on."""
+        return bool(self.query) and bool(self.gallery)
+
+    @property
     def num_train_pids(self) -> int:
+        """Number of known training identities (0 for unlabeled data)."""
         return _split_stats(self.train)[0]
 
     @property
@@ -124,10 +158,11 @@ class ReIDData:
     def summary(self) -> str:
         """An aligned text table with one row per split and columns ids, images, cameras."""
         header = ("split", "ids", "images", "cameras")
-        rows = [
-            (split, *(str(v) for v in _split_stats(samples)))
-            for split, samples in self.splits.items()
-        ]
+        rows = []
+        for split, samples in self.splits.items():
+            ids, imgs, cams = _split_stats(samples)
+            unknown = bool(samples) and ids == 0
+            rows.append((split, "unknown" if unknown else str(ids), str(imgs), str(cams)))
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
         def fmt(row: Sequence[str]) -> str:
@@ -138,7 +173,28 @@ class ReIDData:
         rule = "  " + "-+-".join("-" * w for w in widths)
         lines = [f"dataset {self.name!r} (root: {self.root})", fmt(header), rule]
         lines += [fmt(r) for r in rows]
+        if self.test_source:
+            lines.append(f"  query and gallery from {self.test_source}")
+        elif not self.has_test_split:
+            lines.append("  no query/gallery: training is not evaluated")
         return "\n".join(lines)
+
+
+def with_test_split(data: ReIDData, test: ReIDData) -> ReIDData:
+    """``data`` with the query and gallery of ``test`` (another data set), e.g. unlabeled
+    training crops measured on a small labelled set.
+
+    Raises:
+        DatasetError: ``test`` has no query or no gallery images.
+    """
+    if not test.has_test_split:
+        raise DatasetError(
+            f"evaluation data set {test.name!r} (root: {test.root}) has "
+            f"{len(test.query)} queries and {len(test.gallery)} gallery images: expected "
+            "both, e.g. a Market-style folder with query/ and gallery/"
+        )
+    return dataclasses.replace(data, query=test.query, gallery=test.gallery,
+                               test_source=f"{test.name!r} (root: {test.root})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,6 +230,26 @@ def build_dataset(name: str, root: PathLike, **kwargs: object) -> ReIDData:
         )
     logger.info("loaded dataset %s\n%s", name, data.summary())
     return data
+
+
+def build_configured_data(dc: DataConfig) -> ReIDData:
+    """The data set ``dc`` (the ``data`` config section) names, with the query and gallery of
+    ``dc.eval_dataset`` (read from ``dc.eval_root``, default ``dc.root``, with
+    ``dc.eval_options``) when that is set.
+
+    Raises:
+        DatasetError: as :func:`build_dataset`, or ``eval_options`` without
+            ``eval_dataset``, or an evaluation set without query/gallery.
+    """
+    data = build_dataset(dc.dataset, dc.root, verify_images=dc.verify_images, **dc.options)
+    if not dc.eval_dataset:
+        if dc.eval_options or dc.eval_root:
+            raise DatasetError("data.eval_root/data.eval_options are set but data.eval_dataset "
+                               "is empty: expected the name of the evaluation data set")
+        return data
+    test = build_dataset(dc.eval_dataset, dc.eval_root or dc.root,
+                         verify_images=dc.verify_images, **dc.eval_options)
+    return with_test_split(data, test)
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,10 +340,100 @@ def parse_market_name(path: PathLike) -> tuple[int, int]:
     return pid, cam - 1
 
 
-def list_images(folder: PathLike, exts: Iterable[str]) -> list[Path]:
-    """Files directly in ``folder`` whose suffix (case-insensitive) is in ``exts``, sorted."""
-    wanted = {e.lower() for e in exts}
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in wanted)
+def list_images(
+    folder: PathLike,
+    suffixes: Iterable[str] | None = IMAGE_SUFFIXES,
+    *,
+    recursive: bool = True,
+) -> list[Path]:
+    """The files under ``folder`` whose suffix (case-insensitive) is in ``suffixes``.
+
+    The one file lister of the package (readers, ``robustreid.load`` and ``embed`` use it).
+    It walks the tree with :func:`os.scandir`, which reads the file type from the directory
+    entry, so it needs no ``stat`` per file: 100,000 files list in well under a second
+    (``benchmarks/list_images.py``).
+
+    * Sorted by path, component by component (the order of ``sorted(list_of_paths)``).
+    * Names starting with ``.`` (hidden files and folders) are skipped.
+    * Symbolic links to files are listed under their own path; links to folders are
+      followed, each real folder once (no loops); broken links are skipped.
+
+    Args:
+        folder: the folder to search.
+        suffixes: accepted suffixes with the dot (default :data:`IMAGE_SUFFIXES`); None
+            lists every file.
+        recursive: search sub-folders too (False: files directly in ``folder`` only).
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, PermissionError: ``folder`` (or a sub-folder)
+            cannot be listed.
+    """
+    wanted = None if suffixes is None else frozenset(s.lower() for s in suffixes)
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def walk(directory: str, st: os.stat_result) -> None:
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if entry.is_dir():
+                if recursive:
+                    sub = entry.stat()
+                    if (sub.st_dev, sub.st_ino) not in seen:
+                        walk(entry.path, sub)
+            elif (wanted is None or os.path.splitext(name)[1].lower() in wanted) and (
+                    entry.is_file()):
+                found.append(entry.path)
+
+    root = os.fspath(folder)
+    walk(root, os.stat(root))
+    return [Path(p) for p in found]
+
+
+def read_list_file(
+    list_file: PathLike,
+    expand_folder: Callable[[Path], list[Path]] = list_images,
+) -> list[Path]:
+    """The files a list file names: one file or folder path per line, in order.
+
+    Relative paths are resolved against the list file's folder; blank lines and lines
+    starting with ``#`` are skipped; a folder line becomes ``expand_folder(folder)``
+    (default: its images, :func:`list_images`).
+
+    Raises:
+        FileNotFoundError: a line names a missing file (the message gives the line number).
+        ValueError: the file is not UTF-8 text or names no files.
+    """
+    list_file = Path(list_file)
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"list file {list_file} is not UTF-8 text (expected one image path "
+                         f"per line): {err}") from err
+    out: list[Path] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = Path(line).expanduser()
+        if not path.is_absolute():
+            path = list_file.parent / path
+        if path.is_dir():
+            out.extend(expand_folder(path))
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"list file {list_file}, line {lineno}: no such file or "
+                                    f"folder: {line} (relative paths are resolved against "
+                                    f"{list_file.parent})")
+    if not out:
+        raise ValueError(f"list file {list_file} names no files (expected one image path per "
+                         "line; blank lines and lines starting with # are skipped)")
+    return out
 
 
 def relabel_pids(samples: Iterable[Sample]) -> list[Sample]:
@@ -347,7 +513,7 @@ def read_folder_split(
     Raises:
         DatasetError: the folder holds no usable image, or a name cannot be parsed.
     """
-    files = list_images(folder, exts)
+    files = list_images(folder, exts, recursive=False)
     if not files:
         raise DatasetError(
             f"no images in {folder}: expected files matching {', '.join('*' + e for e in exts)}"

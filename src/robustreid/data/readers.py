@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from robustreid.data.base import (
+    IMAGE_SUFFIXES,
     DatasetError,
     PathLike,
     ReIDData,
@@ -59,7 +60,6 @@ FOLDER_FOLDERS: dict[str, tuple[str, ...]] = {
     "gallery": ("bounding_box_test", "gallery"),
 }
 JPG: tuple[str, ...] = (".jpg",)
-ANY_IMAGE: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 JUNK_PID = -1
 
 
@@ -188,8 +188,9 @@ def synthperson(
 ) -> ReIDData:
     """The built-in synthetic set, written in Market layout.
 
-    Searched, in order: ``ROOT/FOLDER`` and ``ROOT``. Accepts .jpg, .jpeg and .png
-    files. Pid 0 is an ordinary identity here (no distractors); pid -1 is still dropped.
+    Searched, in order: ``ROOT/FOLDER`` and ``ROOT``. Accepts every suffix of
+    :data:`~robustreid.data.base.IMAGE_SUFFIXES`. Pid 0 is an ordinary identity here (no
+    distractors); pid -1 is still dropped.
 
     Args:
         folder: the set's folder under ``ROOT``, e.g. ``synthperson_market`` for the
@@ -200,7 +201,7 @@ def synthperson(
     return load_market_like(
         "synthperson",
         [root / folder, root],
-        exts=ANY_IMAGE,
+        exts=IMAGE_SUFFIXES,
         distractor_pid=None,
         verify=verify_images,
     )
@@ -212,27 +213,40 @@ def folder(
     *,
     verify_images: bool = False,
     distractor_pid: int | None = None,
+    eval_only: bool = False,
     **options: object,
 ) -> ReIDData:
     """Custom data: ``ROOT`` holding train, query and gallery folders.
 
     The folders may be named ``bounding_box_train`` or ``train``, ``query``, and
-    ``bounding_box_test`` or ``gallery``; files are .jpg, .jpeg or .png with Market-style
-    names ``PID_cCAM...`` (camera numbers from 1). Pid -1 is dropped everywhere.
+    ``bounding_box_test`` or ``gallery``; files are images
+    (:data:`~robustreid.data.base.IMAGE_SUFFIXES`) with Market-style names ``PID_cCAM...``
+    (camera numbers from 1). Pid -1 is dropped everywhere. For images without names or
+    identities use the ``images`` reader (:mod:`robustreid.data.images`).
 
     Args:
         distractor_pid: a pid to keep in the gallery only (e.g. 0 for Market conventions);
             by default every pid is an ordinary identity.
+        eval_only: read only ``query/`` and ``gallery/`` (no train folder needed; train is
+            empty), for a small labelled evaluation set (``data.eval_dataset: folder``).
     """
     check_options("folder", options, ())
-    return load_market_like(
-        "folder",
-        [_root(root)],
-        folders=FOLDER_FOLDERS,
-        exts=ANY_IMAGE,
-        distractor_pid=distractor_pid,
-        verify=verify_images,
-    )
+    if not eval_only:
+        return load_market_like(
+            "folder",
+            [_root(root)],
+            folders=FOLDER_FOLDERS,
+            exts=IMAGE_SUFFIXES,
+            distractor_pid=distractor_pid,
+            verify=verify_images,
+        )
+    folders = {k: v for k, v in FOLDER_FOLDERS.items() if k != "train"}
+    dataset_dir, split_dirs = find_dataset_dir("folder", [_root(root)], folders, IMAGE_SUFFIXES)
+    drop = {JUNK_PID} if distractor_pid is None else {JUNK_PID, distractor_pid}
+    query = read_folder_split(split_dirs["query"], IMAGE_SUFFIXES, parse_market_name, drop)
+    gallery = read_folder_split(split_dirs["gallery"], IMAGE_SUFFIXES, parse_market_name,
+                                {JUNK_PID})
+    return _finish("folder", dataset_dir, [], query, gallery, verify=verify_images)
 
 
 # ---------------------------------------------------------------------------------------

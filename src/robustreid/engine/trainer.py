@@ -92,6 +92,9 @@ def labeller_from_config(cfg: Config, data: ReIDData, device: torch.device) -> P
     """The pseudo-labeller ``cfg`` asks for: the true ids (``train.supervised``), else DBSCAN
     on the Jaccard distance, after ``cluster.warmup_epochs`` instance epochs."""
     if cfg.train.supervised:
+        if not data.labelled:
+            raise ValueError(f"train.supervised=true needs the true identities, but data set "
+                             f"{data.name!r} has images of unknown identity")
         return SupervisedLabeller([s.pid for s in data.train])
     cl = cfg.cluster
     labeller: PseudoLabeller = ClusteringLabeller(
@@ -194,11 +197,19 @@ class Trainer:
         # Every split is decoded and resized once per run, on first use.
         self._decoded: dict[str, DecodedImages] = {}
         self.state = TrainState()
-        self.hooks: list[HookBase] = [EvaluationHook(cfg.train.eval_every, cfg.train.epochs)]
+        self.hooks: list[HookBase] = []
+        # Without query/gallery there is nothing to measure: no mAP, no best.pth; last.pth
+        # (the last epoch) is the trained model.
+        if data.has_test_split:
+            self.hooks.append(EvaluationHook(cfg.train.eval_every, cfg.train.epochs))
+        else:
+            logger.info("data set %r has no query/gallery and no data.eval_dataset is set: "
+                        "training is not evaluated; %s is the model of the last epoch",
+                        data.name, self.out_dir / "last.pth")
         # True identities of the training split, for diagnostics only (never trained on);
-        # skipped when the split does not carry them (all images share one pid).
+        # skipped when the split does not carry them (unknown or all images share one pid).
         pids = np.array([s.pid for s in data.train], dtype=np.int64)
-        if len(np.unique(pids)) > 1:
+        if data.labelled and len(np.unique(pids)) > 1:
             self.hooks.append(MechanismDiagnostics(pids))
         self.hooks += [MetricsWriter(self.out_dir), EpochLogger(cfg.train.epochs),
                        CheckpointHook(self.out_dir)]
@@ -378,7 +389,14 @@ class Trainer:
         return float(np.mean(losses))
 
     def evaluate(self) -> RankingResult:
-        """Test mAP/CMC of the current model on the query/gallery split."""
+        """Test mAP/CMC of the current model on the query/gallery split.
+
+        Raises:
+            ValueError: the data has no query/gallery split.
+        """
+        if not self.data.has_test_split:
+            raise ValueError(f"data set {self.data.name!r} has no query/gallery to evaluate "
+                             "on: set data.eval_dataset")
         ev = self.cfg.eval
         return evaluate_features(
             self._embed("query"), self._embed("gallery"), self.data.query, self.data.gallery,

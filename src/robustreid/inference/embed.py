@@ -48,8 +48,14 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from robustreid import __version__
-from robustreid.data.base import DatasetError, parse_market_name
-from robustreid.inference.extractor import IMAGE_SUFFIXES, FeatureExtractor
+from robustreid.data.base import (
+    IMAGE_SUFFIXES,
+    DatasetError,
+    list_images,
+    parse_market_name,
+    read_list_file,
+)
+from robustreid.inference.extractor import FeatureExtractor
 from robustreid.io import atomic_write, atomic_write_text
 
 __all__ = [
@@ -198,10 +204,7 @@ def _collect_one(item: str | Path) -> list[Path]:
 
 
 def _collect_folder(folder: Path) -> list[Path]:
-    files = sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    files = list_images(folder, suffixes=None)
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
         raise ValueError(f"folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}"
                          f" recursively; found {len(files)} other files)")
@@ -209,31 +212,7 @@ def _collect_folder(folder: Path) -> list[Path]:
 
 
 def _collect_list_file(list_file: Path) -> list[Path]:
-    try:
-        text = list_file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"list file {list_file} is not UTF-8 text (expected one image path "
-                         f"per line): {err}") from err
-    out: list[Path] = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        path = Path(line).expanduser()
-        if not path.is_absolute():
-            path = list_file.parent / path
-        if path.is_dir():
-            out.extend(_collect_folder(path))
-        elif path.is_file():
-            out.append(path)
-        else:
-            raise FileNotFoundError(f"list file {list_file}, line {lineno}: no such file or "
-                                    f"folder: {line} (relative paths are resolved against "
-                                    f"{list_file.parent})")
-    if not out:
-        raise ValueError(f"list file {list_file} names no files (expected one image path per "
-                         "line; blank lines and lines starting with # are skipped)")
-    return out
+    return read_list_file(list_file, expand_folder=_collect_folder)
 
 
 def parse_pid_camid(path: str | Path) -> tuple[int, int]:

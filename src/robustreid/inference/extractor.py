@@ -24,29 +24,20 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from robustreid.data.base import read_image
+from robustreid.data.base import IMAGE_SUFFIXES, list_images, read_image
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.evaluation.features import embed_batch
 from robustreid.utils import resolve_device
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files (by suffix: .jpg .jpeg .png .bmp .webp) under ``folder``, recursively,
-    sorted by path."""
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """Flatten ``inputs`` into a list of single images.
 
-    A path to a folder becomes its images (:func:`list_images`); a 4-D array or tensor
+    A path to a folder becomes its images (:func:`robustreid.data.base.list_images`:
+    recursive, sorted, hidden names skipped); a 4-D array or tensor
     (a batch) becomes its items; lists and tuples are expanded element by element.
 
     Raises:

@@ -4,9 +4,10 @@
     >>> plot_training_curves("runs/synthperson")  # writes runs/synthperson/curves.png
 
 ``metrics.jsonl`` holds one JSON object per epoch. Epoch 0 is the evaluation before training
-(``mAP``, ``mINP``, ``rank1``, ``rank5``, fractions in [0, 1]). Epochs >= 1 report ``lr``,
-``clusters``, ``outliers``, ``loss`` and the seconds spent per phase (``time_extract``,
-``time_cluster``, ``time_memory``, ``time_train``), plus the ranking metrics and
+(``mAP``, ``mINP``, ``rank1``, ``rank5``, fractions in [0, 1]); a run without a query/gallery
+split has no epoch 0 and no ranking metrics, and its accuracy panel says "no data". Epochs
+>= 1 report ``lr``, ``clusters``, ``outliers``, ``loss`` and the seconds spent per phase
+(``time_extract``, ``time_cluster``, ``time_memory``, ``time_train``), plus the ranking metrics and
 ``time_eval`` on evaluated epochs. An epoch whose clustering found too few clusters has
 ``"skipped": true`` and no ``loss``. On data whose training split carries identities, epochs
 also report the pseudo-labels' agreement with them (``pl_*``) and the memory diagnostics
