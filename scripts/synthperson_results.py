@@ -262,13 +262,25 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
+def replace_block(md_path: Path, marker: str, lines: list[str]) -> None:
+    """Write ``lines`` between the ``marker`` comments of ``md_path`` (appended when the file
+    has none; the file is created when missing), atomically, and print them."""
     begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    block = "\n".join([begin, *lines, end])
+    text = md_path.read_text() if md_path.is_file() else f"# Results\n\n{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    atomic_write_text(md_path, head + block + rest.split(end, 1)[1])
+    print(block)
+
+
+def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
     devices = _devices(results)
     threads = sorted({r.get("threads") or torch.get_num_threads() for r in results.values()})
     jobs = sorted({r["parallel_jobs"] for r in results.values() if r.get("parallel_jobs")})
     torch_versions = sorted({r.get("torch") or torch.__version__ for r in results.values()})
-    lines = [begin, "",
+    lines = ["",
              f"Measured on {', '.join(devices)}, {'/'.join(map(str, threads))} torch threads"
              f"{f', {jobs[-1]} runs at a time' if jobs and jobs[-1] > 1 else ''}, "
              f"torch {', '.join(torch_versions)}; "
@@ -286,15 +298,7 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
         lines.append(f"| {label} | {seeds} | {_mean_std([r['mAP'] for r in runs])} | "
                      f"{_mean_std([r['rank1'] for r in runs])} | {minutes:.1f} | "
                      f"`{runs[0]['command']}` |")
-    lines += ["", end]
-    block = "\n".join(lines)
-    text = md_path.read_text() if md_path.is_file() else f"# Results\n\n{begin}\n{end}\n"
-    if begin not in text:
-        text += f"\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1]
-    atomic_write_text(md_path, head + block + tail)
-    print(block)
+    replace_block(md_path, marker, [*lines, ""])
 
 
 #: Diagnostics summarised per run (mean over its trained epochs), see engine/metrics.py.
@@ -353,11 +357,10 @@ def _ci(d: dict[str, float] | None) -> str:
 def write_paired_table(results: dict, md_path: Path, marker: str, config: str) -> None:
     """The paired ablation: per variant, mean test metrics, the paired difference to the
     baseline with its 95 % CI, and the mechanism diagnostics (means over epochs and seeds)."""
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     devices = _devices(results)
     threads = sorted({r.get("threads") or 1 for r in results.values()})
     jobs = sorted({r["parallel_jobs"] for r in results.values() if r.get("parallel_jobs")})
-    lines = [begin, "",
+    lines = ["",
              f"Measured on {', '.join(devices)}, {'/'.join(map(str, threads))} torch "
              f"thread(s) per run{f', {jobs[-1]} runs at a time' if jobs and jobs[-1] > 1 else ''}"
              f", torch {', '.join(sorted({r.get('torch', '?') for r in results.values()}))}; "
@@ -390,14 +393,7 @@ def write_paired_table(results: dict, md_path: Path, marker: str, config: str) -
         runs = [r for r in _runs_of(results, name) if r["seed"] is not None]
         if ablation and runs:
             lines.append(f"- {label}: `{runs[0]['command']}`")
-    lines += ["", end]
-    block = "\n".join(lines)
-    text = md_path.read_text() if md_path.is_file() else f"# Results\n\n{begin}\n{end}\n"
-    if begin not in text:
-        text += f"\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    atomic_write_text(md_path, head + block + rest.split(end, 1)[1])
-    print(block)
+    replace_block(md_path, marker, [*lines, ""])
 
 
 def save_figure(fig, png: Path) -> None:
