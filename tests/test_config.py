@@ -18,6 +18,7 @@ from robustreid.config import (
     DataConfig,
     EvalConfig,
     ModelConfig,
+    check_config,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -342,11 +343,71 @@ def test_device_pattern_error():
         ("model.gem_p=0", r"model\.gem_p: expected a value > 0, got float 0\.0"),
         ("eval.lambda_value=1.5", r"eval\.lambda_value: expected a value <= 1"),
         ("model.last_stride=3", r"model\.last_stride: expected a value <= 2"),
+        ("cluster.eps=1", r"cluster\.eps: expected a value < 1, got float 1\.0 .*one cluster"),
+        ("cluster.eps=1.5", r"cluster\.eps: expected a value < 1"),
+        ("cluster.eps=0", r"cluster\.eps: expected a value > 0"),
+        ("train.num_instances=0", r"train\.num_instances: expected a value >= 1"),
+        ("data.width=0", r"data\.width: expected a value >= 1"),
     ],
 )
 def test_out_of_range_values(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern", "key"),
+    [
+        (["train.batch_size=7", "train.num_instances=4"],
+         r"^train\.batch_size=7 must be a multiple of train\.num_instances=4 \(P x K batches"
+         r".*\(train\.batch_size from command line, train\.num_instances from command line\)"
+         r"; e\.g\. train\.batch_size=4 or 8$", "train.batch_size"),
+        (["train.batch_size=8", "train.num_instances=16"],
+         r"train\.batch_size=8 must be a multiple of train\.num_instances=16 .*"
+         r"e\.g\. train\.batch_size=16$", "train.batch_size"),
+        (["cluster.k1=5", "cluster.k2=8"],
+         r"^cluster\.k2=8 must be <= cluster\.k1=5 ", "cluster.k2"),
+        (["cluster.k1=4"], r"^cluster\.k2=6 must be <= cluster\.k1=4 ", "cluster.k2"),
+        (["eval.k1=3", "eval.k2=4"], r"^eval\.k2=4 must be <= eval\.k1=3 ", "eval.k2"),
+        (["data.eval_root=/somewhere"],
+         r"^data\.eval_root is set but data\.eval_dataset is empty", "data.eval_root"),
+        (["data.eval_options={eval_only: true}"],
+         r"^data\.eval_options is set but data\.eval_dataset is empty", "data.eval_options"),
+    ],
+)
+def test_rules_between_fields(overrides, pattern, key):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        load_config(None, overrides)
+    assert info.value.key == key
+    # the same rule through a plain dict and through check_config on a built Config
+    tree: dict[str, Any] = {}
+    for override in overrides:
+        dotted, text = override.split("=", 1)
+        section, name = dotted.split(".")
+        tree.setdefault(section, {})[name] = yaml.safe_load(text)
+    with pytest.raises(ConfigError, match=pattern.split(" ", 1)[0].lstrip("^")):
+        config_from_dict(tree)
+    cfg = Config()
+    for section, values in tree.items():
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+    with pytest.raises(ConfigError, match=pattern.split(" ", 1)[0].lstrip("^")):
+        check_config(cfg)
+
+
+def test_rule_error_names_the_file(tmp_path):
+    path = write(tmp_path / "c.yaml", "train: {batch_size: 30, num_instances: 4}\n")
+    with pytest.raises(ConfigError, match=r"train\.batch_size from .*c\.yaml") as info:
+        load_config(path)
+    assert info.value.source == str(path)
+    # a later override that fixes the combination is checked after all overrides
+    assert load_config(path, ["train.batch_size=32"]).train.batch_size == 32
+
+
+def test_valid_combinations_pass():
+    cfg = load_config(None, ["train.batch_size=8", "train.num_instances=4", "cluster.k1=6",
+                             "cluster.k2=6", "eval.k1=2", "eval.k2=1", "cluster.eps=0.99"])
+    check_config(cfg)
+    assert cfg.train.batch_size == 8 and cfg.cluster.eps == 0.99
 
 
 def test_section_given_a_scalar(tmp_path):
@@ -596,3 +657,13 @@ def test_interrupted_save_removes_temp_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert target.read_text() == before
     assert os.listdir(tmp_path) == ["config.yaml"]
+
+
+def test_trainer_checks_a_config_built_in_code():
+    from robustreid.engine.trainer import Trainer
+
+    cfg = Config()
+    cfg.train = dataclasses.replace(cfg.train, batch_size=7, num_instances=4)
+    # refused before the model, the data or the device are touched
+    with pytest.raises(ConfigError, match=r"train\.batch_size=7 must be a multiple"):
+        Trainer(cfg, model=None, data=None, device=None)  # type: ignore[arg-type]

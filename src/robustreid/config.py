@@ -46,6 +46,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
+    "check_config",
     "config_from_dict",
     "config_to_dict",
     "load_config",
@@ -64,6 +65,10 @@ COMMAND_LINE = "command line"
 #   ge / gt / le / lt : numeric bounds (int and float fields)
 #   pattern           : regular expression a str field must fully match
 #   expected          : human-readable description used in the error for ``pattern``
+#   hint              : why a bound holds, appended to a bounds error
+#
+# Rules between several fields (batch_size a multiple of num_instances, ...) are checked
+# after conversion by check_config, in one place.
 # --------------------------------------------------------------------------------------------
 
 
@@ -122,7 +127,11 @@ class EvalConfig:
 class ClusterConfig:
     """Pseudo-labelling: k-reciprocal Jaccard distance + DBSCAN, run every epoch."""
 
-    eps: float = field(default=0.6, metadata={"gt": 0, "le": 1})
+    eps: float = field(default=0.6, metadata={
+        "gt": 0, "lt": 1,
+        "hint": "the Jaccard distance lies in [0, 1], 1 meaning no shared k-reciprocal "
+                "neighbours, so eps >= 1 would link unrelated images (DBSCAN on the full "
+                "matrix: all in one cluster) and the clustering step refuses it"})
     min_samples: int = field(default=4, metadata={"ge": 1})
     k1: int = field(default=30, metadata={"ge": 1})
     k2: int = field(default=6, metadata={"ge": 1})
@@ -510,6 +519,7 @@ def _check_bounds(value: Any, path: KeyPath, meta: Mapping[str, Any], sources: S
                 path,
                 f"expected a value {symbol} {meta[name]}, got {_describe_value(value)}",
                 sources,
+                meta.get("hint", ""),
             )
 
 
@@ -704,6 +714,77 @@ def _build_dataclass(cls: type, value: Any, path: KeyPath, sources: Sources) -> 
 
 
 # --------------------------------------------------------------------------------------------
+# Rules between fields
+# --------------------------------------------------------------------------------------------
+
+
+def _combination_error(keys: Sequence[str], problem: str, sources: Sources,
+                       hint: str = "") -> ConfigError:
+    """A :class:`ConfigError` about several keys: ``problem``, where each key came from (when
+    known) and ``hint``; ``key`` is the first of ``keys``."""
+    origins = []
+    for key in keys:
+        source = _source_of(tuple(key.split(".")), sources)
+        if source is not None:
+            origins.append(f"{key} from {source}")
+    message = problem
+    if origins:
+        message += f" ({', '.join(origins)})"
+    if hint:
+        message += f"; {hint}"
+    first = keys[0]
+    return ConfigError(message, key=first, source=_source_of(tuple(first.split(".")), sources))
+
+
+def _check_combinations(cfg: Config, sources: Sources) -> None:
+    """Raise a :class:`ConfigError` for the first rule between fields that ``cfg`` breaks."""
+    tc = cfg.train
+    if tc.batch_size % tc.num_instances:
+        k = tc.num_instances
+        lower, upper = tc.batch_size // k * k, (tc.batch_size // k + 1) * k
+        nearest = f"{lower} or {upper}" if lower else f"{upper}"
+        raise _combination_error(
+            ["train.batch_size", "train.num_instances"],
+            f"train.batch_size={tc.batch_size} must be a multiple of "
+            f"train.num_instances={k} (P x K batches: P pseudo-identities with K = "
+            f"num_instances images each)", sources,
+            f"e.g. train.batch_size={nearest}")
+    for section, sec in (("cluster", cfg.cluster), ("eval", cfg.eval)):
+        if sec.k2 > sec.k1:
+            raise _combination_error(
+                [f"{section}.k2", f"{section}.k1"],
+                f"{section}.k2={sec.k2} must be <= {section}.k1={sec.k1} (query expansion "
+                f"averages over the k2 nearest of the k1 neighbours; a larger k2 would "
+                f"silently act as k1)", sources,
+                f"set {section}.k2 <= {sec.k1} or raise {section}.k1")
+    dc = cfg.data
+    if not dc.eval_dataset and (dc.eval_root or dc.eval_options):
+        given = "data.eval_root" if dc.eval_root else "data.eval_options"
+        raise _combination_error(
+            [given, "data.eval_dataset"],
+            f"{given} is set but data.eval_dataset is empty, so it would be ignored", sources,
+            "set data.eval_dataset to the name of the evaluation data set (e.g. folder)")
+
+
+def check_config(cfg: Config) -> None:
+    """Check the rules between fields of ``cfg``, which no single field's range can express.
+
+    :func:`load_config` and :func:`config_from_dict` apply them already; call this on a
+    :class:`Config` built or changed in code (the trainer does) to fail before any
+    expensive work. The rules:
+
+    * ``train.batch_size`` is a multiple of ``train.num_instances`` (P x K batches);
+    * ``cluster.k2 <= cluster.k1`` and ``eval.k2 <= eval.k1`` (k-reciprocal query
+      expansion is over the k2 nearest of the k1 neighbours);
+    * ``data.eval_root`` / ``data.eval_options`` only with ``data.eval_dataset``.
+
+    Raises:
+        ConfigError: naming the keys and their values.
+    """
+    _check_combinations(cfg, {})
+
+
+# --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
 
@@ -718,11 +799,15 @@ def config_from_dict(data: Mapping[str, Any], source: str = "dict", cls: type[T]
             e.g. one section on its own).
 
     Raises:
-        ConfigError: on unknown keys, wrong types or values outside the allowed choices.
+        ConfigError: on unknown keys, wrong types, values outside the allowed choices or,
+            for a :class:`Config`, a broken rule between fields (:func:`check_config`).
     """
     sources: Sources = {}
     _record_sources(data, source, (), sources)
-    return _build_dataclass(cls, data, (), sources)
+    cfg = _build_dataclass(cls, data, (), sources)
+    if isinstance(cfg, Config):
+        _check_combinations(cfg, sources)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -737,7 +822,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
     Raises:
         ConfigError: for a missing or unreadable file, a missing base, a ``_base_`` cycle,
-            a malformed override, or any invalid key or value.
+            a malformed override, any invalid key or value, or a broken rule between
+            fields (:func:`check_config`).
     """
     if isinstance(overrides, str):
         overrides = [overrides]
@@ -747,7 +833,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         tree, sources = _load_layers(Path(path), str(path), (), None)
     for override in overrides:
         _apply_override(tree, sources, override)
-    return _build_dataclass(Config, tree, (), sources)
+    cfg = _build_dataclass(Config, tree, (), sources)
+    _check_combinations(cfg, sources)
+    return cfg
 
 
 def _to_plain(value: Any) -> Any:

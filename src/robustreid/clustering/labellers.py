@@ -53,7 +53,7 @@ class ClusteringLabeller:
     """DBSCAN on the k-reciprocal Jaccard distance of the features.
 
     Args:
-        eps: DBSCAN radius on the Jaccard distance, in (0, 1].
+        eps: DBSCAN radius on the Jaccard distance, in (0, 1).
         min_samples: DBSCAN core-point size.
         k1, k2: k-reciprocal neighbourhood sizes.
         knn_method: ``exact`` or ``approx`` nearest-neighbour search.

@@ -21,6 +21,7 @@ from robustreid.data.base import (
     read_image,
     register_dataset,
     relabel_pids,
+    to_rgb,
     verify_images,
     with_test_split,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "read_image",
     "register_dataset",
     "relabel_pids",
+    "to_rgb",
     "verify_images",
     "with_test_split",
 ]

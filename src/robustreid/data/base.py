@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from robustreid.registry import Registry
 
@@ -49,6 +50,7 @@ __all__ = [
     "read_list_file",
     "register_dataset",
     "relabel_pids",
+    "to_rgb",
     "verify_images",
     "with_test_split",
 ]
@@ -260,15 +262,100 @@ def build_configured_data(dc: DataConfig) -> ReIDData:
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
+# 16-bit integer modes: the full uint16 range maps to 0..255 (65535 / 257 = 255).
+_UINT16_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+# Modes with an alpha channel stored straight (not premultiplied).
+_STRAIGHT_ALPHA = {"LA": "L", "RGBA": "RGB"}
+# Premultiplied alpha: the stored colour already is the colour composited over black.
+_PREMULTIPLIED_ALPHA = {"La": "L", "RGBa": "RGB"}
+
+
+def _uint8_grey(values: np.ndarray) -> Image.Image:
+    """A mode "L" image from a float array already scaled to 0..255 (rounded, clipped)."""
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def _over_black(img: Image.Image, colour_mode: str) -> Image.Image:
+    """Composite a straight-alpha image (``LA`` or ``RGBA``) over black."""
+    array = np.asarray(img, dtype=np.float32)
+    colour, alpha = array[..., :-1], array[..., -1:] / 255.0
+    out = np.clip(np.rint(colour * alpha), 0, 255).astype(np.uint8)
+    if colour_mode == "L":
+        out = out[..., 0]
+    return Image.fromarray(out, mode=colour_mode)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The one conversion of a decoded PIL image to the 8-bit RGB the model sees.
+
+    The EXIF orientation tag is applied first (a phone photo tagged "rotate 90" comes out
+    upright). Then, by mode:
+
+    * ``RGB``: unchanged; ``1``, ``L``, ``CMYK``, ``YCbCr``, ``HSV``, ``LAB``, ``RGBX``:
+      PIL's own conversion (``1`` is black/white, ``L`` is replicated to three channels).
+    * 16-bit grey (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``): the full 0..65535 range is
+      scaled to 0..255 (divided by 257, rounded), so 65535 -> 255 and 32768 -> 128. PIL's
+      plain ``convert("RGB")`` clips instead, turning almost every pixel white.
+    * 32-bit integer grey (``I``): values are taken as 8-bit (0..255) when the image's
+      maximum is <= 255, otherwise as 16-bit (0..65535, divided by 257); values outside the
+      assumed range are clipped (negative -> 0).
+    * 32-bit float grey (``F``): values are taken as 0..1 (multiplied by 255) when the
+      image's maximum is <= 1, otherwise as 0..255; values outside are clipped and NaN -> 0.
+    * Alpha (``LA``, ``RGBA``, and palette ``P`` / ``PA`` through RGBA): composited over
+      black, i.e. colour x alpha / 255, so fully transparent pixels are black whatever
+      colour they store. Premultiplied ``La`` / ``RGBa`` store exactly that already, so
+      their colour channels are used as they are.
+
+    Args:
+        img: a PIL image in any mode (it is not modified).
+
+    Returns:
+        A new, fully loaded mode ``RGB`` image of the same (EXIF-oriented) size.
+
+    Raises:
+        ValueError: a mode PIL cannot convert to RGB (names the mode).
+    """
+    img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in _UINT16_MODES:
+        img = _uint8_grey(np.asarray(img).astype(np.float64) / 257.0)
+    elif mode == "I":
+        values = np.asarray(img).astype(np.float64)
+        if values.size and values.max() > 255:
+            values = np.clip(values, 0, 65535) / 257.0
+        img = _uint8_grey(values)
+    elif mode == "F":
+        values = np.nan_to_num(np.asarray(img).astype(np.float64), nan=0.0,
+                               posinf=255.0, neginf=0.0)
+        if not values.size or values.max() <= 1.0:
+            values = values * 255.0
+        img = _uint8_grey(values)
+    elif mode in ("P", "PA"):
+        rgba = img.convert("RGBA")
+        img = _over_black(rgba, "RGB")
+    elif mode in _STRAIGHT_ALPHA:
+        img = _over_black(img, _STRAIGHT_ALPHA[mode])
+    elif mode in _PREMULTIPLIED_ALPHA:
+        colour = np.asarray(img)[..., :-1]
+        colour_mode = _PREMULTIPLIED_ALPHA[mode]
+        img = Image.fromarray(colour[..., 0] if colour_mode == "L" else colour,
+                              mode=colour_mode)
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise ValueError(f"cannot convert a PIL image of mode {mode!r} to RGB: {exc}") from exc
+
+
 def read_image(path: PathLike) -> Image.Image:
-    """Open ``path`` fully decoded, in RGB.
+    """Open ``path`` fully decoded, in 8-bit RGB (see :func:`to_rgb` for the conversion of
+    every PIL mode and the EXIF orientation).
 
     Raises:
         DatasetError: the file is missing, unreadable or not a valid image (names the file).
     """
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img)
     except FileNotFoundError as exc:
         raise DatasetError(f"image file not found: {path}") from exc
     except _IMAGE_ERRORS as exc:

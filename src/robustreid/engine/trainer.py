@@ -33,7 +33,7 @@ from robustreid.clustering.labellers import (
     PseudoLabeller,
     SupervisedLabeller,
 )
-from robustreid.config import Config, config_to_dict
+from robustreid.config import Config, check_config, config_to_dict
 from robustreid.data.base import ReIDData
 from robustreid.data.decoded import BatchAugment, DecodedImages
 from robustreid.data.sampler import PseudoIdentitySampler
@@ -158,6 +158,7 @@ class Trainer:
         update: MemoryUpdate | None = None,
         hooks: list[HookBase] | None = None,
     ) -> None:
+        check_config(cfg)  # rules between fields, before any expensive work
         self.cfg = cfg
         self.data = data
         self.device = device

@@ -19,6 +19,8 @@ from os import PathLike
 import numpy as np
 from PIL import Image
 
+from robustreid.data.base import read_image
+
 __all__ = [
     "color_histogram_features",
     "load_images",
@@ -30,7 +32,7 @@ __all__ = [
 
 def load_images(paths: Sequence[str | PathLike[str]],
                 size: tuple[int, int] = (128, 64)) -> np.ndarray:
-    """Read images as RGB and resize them.
+    """Read images as RGB (:func:`robustreid.data.base.read_image`) and resize them.
 
     Args:
         paths: image files.
@@ -38,15 +40,17 @@ def load_images(paths: Sequence[str | PathLike[str]],
 
     Returns:
         ``uint8 (N, height, width, 3)``.
+
+    Raises:
+        DatasetError: an image is missing or unreadable (names the file).
     """
     h, w = size
     out = np.empty((len(paths), h, w, 3), dtype=np.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.Resampling.BILINEAR)
-            out[i] = np.asarray(im)
+        im = read_image(p)
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(im)
     return out
 
 

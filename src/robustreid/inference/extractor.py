@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from robustreid.data.base import IMAGE_SUFFIXES, list_images, read_image
+from robustreid.data.base import IMAGE_SUFFIXES, list_images, read_image, to_rgb
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.evaluation.features import embed_batch
@@ -99,9 +99,9 @@ class Preprocess:
 
     def __call__(self, item: ImageInput) -> torch.Tensor:
         if isinstance(item, str | Path):
-            item = read_image(item)
+            return self._pil_transform(read_image(item))
         if isinstance(item, Image.Image):
-            return self._pil_transform(item.convert("RGB"))
+            return self._pil_transform(to_rgb(item))
         tensor = self._as_chw_float(item)
         tensor = TF.resize(tensor, [self.height, self.width],
                            interpolation=TF.InterpolationMode.BICUBIC, antialias=True)

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from robustreid.data.base import to_rgb
 from robustreid.io import atomic_write, atomic_write_text
 
 __all__ = [
@@ -61,7 +62,7 @@ def _load_thumbnail(path: str | Path, size: tuple[int, int]) -> Image.Image | No
     cannot be read (missing or corrupt file)."""
     try:
         with Image.open(path) as img:
-            return ImageOps.pad(img.convert("RGB"), size, color=_BACKGROUND)
+            return ImageOps.pad(to_rgb(img), size, color=_BACKGROUND)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
