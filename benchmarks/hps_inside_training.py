@@ -40,9 +40,9 @@ from robustreid.data import build_dataset
 from robustreid.data.decoded import BatchAugment, DecodedImages
 from robustreid.data.sampler import PseudoIdentitySampler
 from robustreid.engine.checkpoint import load_checkpoint
+from robustreid.engine.trainer import aggregator_from_config
 from robustreid.evaluation.features import embed_decoded
-from robustreid.memory import cluster_means
-from robustreid.memory.strategies import Aggregator
+from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, pack_clusters, select_hard_positive_indices
 from robustreid.models import build_model_from_spec
 
@@ -53,6 +53,8 @@ def mislabeled_updates(saa: SAA, features: torch.Tensor, labels: np.ndarray, wro
     """Fraction of updates with a mislabeled sample for mean, hard and HPS over batches."""
     labels_t = torch.as_tensor(labels)
     means = cluster_means(features, labels_t, int(labels.max()) + 1)
+    # ``hard``: the memory's own rule (least similar to the prototype), prototypes = the means
+    memory = ClusterMemory(features.shape[1], means.shape[0], update="hard")
     counts = {"mean": [0, 0], "hard": [0, 0], "hps": [0, 0]}
     accepted = []
     for rows, feats in zip(batches, batch_feats, strict=True):
@@ -60,12 +62,10 @@ def mislabeled_updates(saa: SAA, features: torch.Tensor, labels: np.ndarray, wro
         bad = torch.as_tensor(wrong[rows.numpy()])
         counts["mean"][0] += int(bad.sum())
         counts["mean"][1] += len(rows)
-        sims = (feats * means[targets]).sum(1)
-        for c in targets.unique():
-            members = torch.nonzero(targets == c).squeeze(1)
-            hardest = members[sims[members].argmin()]
-            counts["hard"][0] += int(bad[hardest])
-            counts["hard"][1] += 1
+        memory.init_prototypes(means)
+        hardest = memory.update(feats, targets)
+        counts["hard"][0] += int(bad[hardest].sum())
+        counts["hard"][1] += len(hardest)
         idx, stats = select_hard_positive_indices(saa, feats, targets, features, labels_t,
                                                   batch_indices=rows)
         counts["hps"][0] += int(bad[idx].sum())
@@ -118,19 +118,13 @@ def main() -> None:
     moved = gen.random(len(ids)) < args.noise
     noisy[moved] = (noisy[moved] + gen.integers(1, noisy.max() + 1, moved.sum())) % (
         noisy.max() + 1)
-    mc = cfg.method
     tc = cfg.train
     augment = BatchAugment(flip_p=tc.flip_p, padding=tc.padding, erasing_p=tc.erasing_p)
     results = {}
     for name, labels in (("dbscan", real), ("random_noise", noisy)):
         majority = majority_identities(labels, ids, int(labels.max()) + 1)
         wrong = np.where(labels >= 0, ids != majority[np.maximum(labels, 0)], False)
-        agg = Aggregator(heads=mc.saa_heads, head_dim=mc.saa_head_dim,
-                         temperature=mc.saa_temperature, steps=mc.csa_steps,
-                         clusters_per_step=mc.csa_clusters_per_step, lr=mc.csa_lr,
-                         max_members=mc.csa_max_members,
-                         agreement_temperature=mc.csa_agreement_temperature,
-                         loss_temperature=cfg.memory.temperature)
+        agg = aggregator_from_config(cfg)
         agg.fit(features, torch.as_tensor(labels), torch.Generator().manual_seed(args.seed))
         keep = np.flatnonzero(labels >= 0)
         sampler = PseudoIdentitySampler(labels[keep].tolist(), [data.train[i].camid for i in keep],

@@ -342,9 +342,15 @@ def paired_difference(results: dict, variant: str, metric: str,
             "wins": sum(d > 0 for d in diffs)}
 
 
-def _diag_mean(runs: list[dict], key: str, scale: float = 1.0, digits: int = 1) -> str:
+def _diag_value(runs: list[dict], key: str) -> float | None:
+    """Mean of diagnostic ``key`` over the runs that report it (None if none does)."""
     values = [r["diagnostics"][key] for r in runs if key in r.get("diagnostics", {})]
-    return f"{scale * statistics.mean(values):.{digits}f}" if values else "-"
+    return statistics.mean(values) if values else None
+
+
+def _diag_mean(runs: list[dict], key: str, scale: float = 1.0, digits: int = 1) -> str:
+    value = _diag_value(runs, key)
+    return "-" if value is None else f"{scale * value:.{digits}f}"
 
 
 def _ci(d: dict[str, float] | None) -> str:
@@ -434,14 +440,11 @@ def plot_paired(results: dict, png: Path, config: str) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     every = [v for v in VARIANTS if v[4] and _runs_of(results, v[0])]
-    mis = [float(_diag_mean(_runs_of(results, v[0]), "upd_mislabeled_fraction", 100))
-           if _diag_mean(_runs_of(results, v[0]), "upd_mislabeled_fraction") != "-" else 0.0
+    mis = [100 * (_diag_value(_runs_of(results, v[0]), "upd_mislabeled_fraction") or 0.0)
            for v in every]
     ax_d.barh([i - 0.2 for i in range(len(every))], mis, height=0.4, color="C3",
               label="mislabeled updates (%)")
-    angle = [float(_diag_mean(_runs_of(results, v[0]), "mem_init_angle"))
-             if _diag_mean(_runs_of(results, v[0]), "mem_init_angle") != "-" else 0.0
-             for v in every]
+    angle = [_diag_value(_runs_of(results, v[0]), "mem_init_angle") or 0.0 for v in every]
     ax_d.barh([i + 0.2 for i in range(len(every))], angle, height=0.4, color="C2",
               label="initial prototype angle to identity centre (degrees)")
     ax_d.set_yticks(range(len(every)), [v[0] for v in every])

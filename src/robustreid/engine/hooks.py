@@ -4,7 +4,8 @@ The trainer's epoch reads like the method (extract -> pseudo-label -> memory -> 
 the bookkeeping lives here, as hooks it calls at fixed points (after fast-reid's
 ``HookBase``). Every hook method receives the trainer; the per-epoch ones also receive the
 :class:`EpochContext`, whose ``record`` (the epoch's line of ``metrics.jsonl``) they may add
-keys to. Hooks must not draw from the global random generators (exact resume depends on it).
+keys to. Hooks must not draw from the shared random generators of random, numpy and
+torch (exact resume depends on their state).
 
 Order of the calls in :meth:`robustreid.engine.trainer.Trainer.fit`::
 
@@ -20,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,6 @@ class EpochContext:
     features: torch.Tensor
     labels: EpochLabels
     memory: ClusterMemory | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -235,6 +235,7 @@ class MechanismDiagnostics(HookBase):
 
     def __init__(self, identities: np.ndarray) -> None:
         self.identities = np.asarray(identities, dtype=np.int64)
+        self._ids = torch.as_tensor(self.identities)
         self._seconds = 0.0
         self._active = False
 
@@ -252,7 +253,6 @@ class MechanismDiagnostics(HookBase):
         self._majority = torch.as_tensor(majority)
         self._centre_rows = torch.as_tensor(rows)
         self._centres = centres
-        self._ids = torch.as_tensor(self.identities)
         self._updates = self._mislabeled = self._batch = self._batch_mislabeled = 0
         self._seconds += time.perf_counter() - start
 

@@ -105,6 +105,16 @@ def labeller_from_config(cfg: Config, data: ReIDData, device: torch.device) -> P
     return labeller
 
 
+def aggregator_from_config(cfg: Config, device: torch.device | str = "cpu") -> Aggregator:
+    """The SAA holder of CSA/HPS with the ``method`` section's settings (untrained)."""
+    mc = cfg.method
+    return Aggregator(
+        heads=mc.saa_heads, head_dim=mc.saa_head_dim, temperature=mc.saa_temperature,
+        steps=mc.csa_steps, clusters_per_step=mc.csa_clusters_per_step, lr=mc.csa_lr,
+        max_members=mc.csa_max_members, agreement_temperature=mc.csa_agreement_temperature,
+        loss_temperature=cfg.memory.temperature, device=device)
+
+
 def strategies_from_config(cfg: Config, aggregator: Aggregator, feature_dim: int
                            ) -> tuple[PrototypeInit, MemoryUpdate]:
     """The prototype initialisation and update ``cfg.memory`` names (``feature_dim``: D of
@@ -169,14 +179,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.labeller = labeller if labeller is not None else labeller_from_config(
             cfg, data, device)
-        mc = cfg.method
         # The self-attention aggregator of CSA/HPS: built at the first epoch that needs it
         # and carried over from epoch to epoch.
-        self.aggregator = Aggregator(
-            heads=mc.saa_heads, head_dim=mc.saa_head_dim, temperature=mc.saa_temperature,
-            steps=mc.csa_steps, clusters_per_step=mc.csa_clusters_per_step, lr=mc.csa_lr,
-            max_members=mc.csa_max_members, agreement_temperature=mc.csa_agreement_temperature,
-            loss_temperature=cfg.memory.temperature, device=device)
+        self.aggregator = aggregator_from_config(cfg, device)
         default_init, default_update = strategies_from_config(
             cfg, self.aggregator, getattr(self.model, "feature_dim", 0))
         self.init = init if init is not None else default_init
