@@ -11,6 +11,7 @@ import robustreid
 from robustreid.data.base import DatasetError
 from robustreid.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 from robustreid.engine.checkpoint import save_checkpoint as save
+from robustreid.errors import UserError
 from robustreid.inference import FeatureExtractor, expand_inputs, list_images
 from tests.conftest import TINY_ARCH, TINY_HEIGHT, TINY_WIDTH
 
@@ -84,7 +85,7 @@ def test_batching_and_flip(tiny_checkpoint, market_images):
 
 
 def test_bad_inputs_are_clear_errors(extractor, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+    with pytest.raises(UserError, match="nope.jpg"):
         extractor(tmp_path / "nope.jpg")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -13,6 +13,7 @@ from PIL import Image
 
 from robustreid.cli import main
 from robustreid.data.base import DatasetError
+from robustreid.errors import UserError
 from robustreid.inference.embed import (
     EmbeddingsFileError,
     SkippedFile,
@@ -92,7 +93,7 @@ def test_collect_glob_and_combined_inputs_without_duplicates(market_images: Path
     assert [p.name[:4] for p in combined[:3]] == ["0003"] * 3
     assert combined[3].name.startswith("0001_c1")
 
-    with pytest.raises(FileNotFoundError, match=r"glob pattern .*nothing_\*\.jpg.* no files"):
+    with pytest.raises(UserError, match=r"glob pattern .*nothing_\*\.jpg.* no files"):
         collect_images(str(market_images / "nothing_*.jpg"))
 
 
@@ -110,7 +111,7 @@ def test_collect_list_file_resolves_against_its_folder(
     assert collect_images(list_file) == [lists / ".." / "images" / images[4].name, images[0]]
 
     list_file.write_text(f"{images[0]}\n# comment\nmissing.jpg\n")
-    with pytest.raises(FileNotFoundError, match=r"some\.txt, line 3: .*missing\.jpg"):
+    with pytest.raises(UserError, match=r"some\.txt, line 3: .*missing\.jpg"):
         collect_images(list_file)
     list_file.write_text("# only a comment\n\n")
     with pytest.raises(ValueError, match=r"some\.txt names no files"):
@@ -118,7 +119,7 @@ def test_collect_list_file_resolves_against_its_folder(
 
 
 def test_collect_errors_name_the_input(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"no such folder.*nowhere"):
+    with pytest.raises(UserError, match=r"no such folder.*nowhere"):
         collect_images(tmp_path / "nowhere")
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -271,7 +272,7 @@ def test_partial_results_of_other_inputs_are_not_mixed(
 
     with pytest.raises(Interrupted):
         embed_images(extractor, paths, out, chunk_size=4, on_chunk=interrupt)
-    with pytest.raises(FileExistsError, match=r"features\.npz\.partial .*other input files"):
+    with pytest.raises(UserError, match=r"features\.npz\.partial .*other input files"):
         embed_images(extractor, paths[1:], out, chunk_size=4)
 
     counter = count_embedded(extractor)
@@ -297,9 +298,9 @@ def test_rerun_is_a_no_op_unless_overwrite_and_refuses_another_model(
     assert not redone.reused and counter[0] == 12
 
     other = load(write_tiny_checkpoint(tmp_path / "other.pth", seed=1), device="cpu")
-    with pytest.raises(FileExistsError, match=r"features\.npz exists .*other model weights"):
+    with pytest.raises(UserError, match=r"features\.npz exists .*other model weights"):
         embed_images(other, paths, out)
-    with pytest.raises(FileExistsError, match="other input files"):
+    with pytest.raises(UserError, match="other input files"):
         embed_images(extractor, paths[:5], out)
 
 
@@ -320,12 +321,12 @@ def test_output_arguments_are_checked(
     assert not partial_dir(tmp_path / "none.npz").exists()
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, x=np.zeros(3))
-    with pytest.raises(FileExistsError, match=r"foreign\.npz exists and is not a robustreid"):
+    with pytest.raises(UserError, match=r"foreign\.npz exists and is not a robustreid"):
         embed_images(extractor, paths, foreign)
 
 
 def test_load_embeddings_rejects_other_files(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"missing\.npz not found"):
+    with pytest.raises(UserError, match=r"missing\.npz not found"):
         load_embeddings(tmp_path / "missing.npz")
     text = tmp_path / "text.npz"
     text.write_text("hello")

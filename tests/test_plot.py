@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from robustreid.cli import main
+from robustreid.errors import UserError
 from robustreid.viz.curves import (
     plot_training_curves,
     read_metrics,
@@ -138,7 +139,7 @@ def test_bad_records_are_refused_with_the_key(tmp_path, line, message):
 
 
 def test_missing_and_empty_files_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"metrics file .*nowhere.* not found"):
+    with pytest.raises(UserError, match=r"metrics file .*nowhere.* not found"):
         read_metrics(tmp_path / "nowhere")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.jsonl").write_text("\n\n")

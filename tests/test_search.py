@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from robustreid.cli import main
+from robustreid.errors import UserError
 from robustreid.inference import load
 from robustreid.inference.search import (
     GalleryIndex,
@@ -196,7 +197,7 @@ def test_load_embeddings_validates_keys(tmp_path: Path) -> None:
     np.savez(unnormalised, features=3 * feats, paths=np.array(["a", "b", "c"]))
     with pytest.raises(ValueError, match=r"raw\.npz: 'features'.*L2-normalised"):
         load_gallery(unnormalised)
-    with pytest.raises(FileNotFoundError, match="missing.npz"):
+    with pytest.raises(UserError, match="missing.npz"):
         load_gallery(tmp_path / "missing.npz")
 
 

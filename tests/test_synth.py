@@ -24,6 +24,7 @@ from robustreid.data.synth import (
     make_cameras,
     render_person,
 )
+from robustreid.errors import UserError
 from robustreid.evaluation.handcrafted import (
     color_histogram_features,
     load_images,
@@ -142,12 +143,12 @@ def test_existing_folder_handling(tmp_path: Path) -> None:
     cached = generate_synthperson(tmp_path / "d", cfg, progress=False)
     assert cached["num_images"] == first["num_images"] and cached["seconds"] == 0.0
     other = dataclasses.replace(cfg, seed=5)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserError):
         generate_synthperson(tmp_path / "d", other, progress=False)
     generate_synthperson(tmp_path / "d", other, progress=False, overwrite=True)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.txt").write_text("x")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserError):
         generate_synthperson(tmp_path / "junk", cfg, progress=False)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from robustreid.config import Config, ConfigError, load_config, save_config
+from robustreid.errors import UserError
 from robustreid.io import atomic_write_text
 
 logger = logging.getLogger("robustreid.cli")
@@ -164,13 +165,13 @@ def synth_config_from_args(args: argparse.Namespace) -> Any:
         name = name.strip()
         if not sep or name not in fields or name in ("seed", "images_per_camera"):
             known = ", ".join(n for n in fields if n not in ("seed", "images_per_camera"))
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {known} "
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {known} "
                              "(use --seed and --images-per-camera for those)")
         kind = type(getattr(base, name))  # int or float
         try:
             changes[name] = kind(text)
         except ValueError:
-            raise ValueError(f"--set {item!r}: {name} takes a {kind.__name__}") from None
+            raise UserError(f"--set {item!r}: {name} takes a {kind.__name__}") from None
     return dataclasses.replace(base, **changes)
 
 
@@ -183,7 +184,7 @@ def run_synth(args: argparse.Namespace) -> int:
     config = synth_config_from_args(args)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
-        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+        raise UserError(f"{out} exists and is not empty; pass --force to replace it")
     generate_synthperson(out, config, progress=True, overwrite=args.force)
     print(build_dataset("synthperson", out).summary())
     return 0
@@ -356,11 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"synth": run_synth, "evaluate": run_evaluate, "train": run_train,
                 "demo": run_demo}
     handlers.update({name: module.run for name, module in _command_modules().items()})
+    # A user error (bad configuration, file, folder or value; robustreid.errors.UserError)
+    # is one line and exit status 2. Anything else is a bug and keeps its traceback (exit 1).
     try:
         return handlers[args.command](args)
-    except (ConfigError, FileExistsError, FileNotFoundError, KeyError, ValueError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"robustreid {args.command}: error: {message}", file=sys.stderr)
+    except UserError as err:
+        print(f"robustreid {args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

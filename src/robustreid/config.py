@@ -38,6 +38,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from robustreid.errors import UserError
 from robustreid.io import atomic_write_text
 
 __all__ = [
@@ -237,7 +238,7 @@ class Config:
 # --------------------------------------------------------------------------------------------
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """An invalid configuration file, override or value.
 
     Attributes:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from robustreid.errors import UnknownNameError
+
 T = TypeVar("T", bound=Callable)
 
 
@@ -45,11 +47,13 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
-        """The entry registered as ``name``; a KeyError listing the known names otherwise."""
+        """The entry registered as ``name``; otherwise an
+        :class:`~robustreid.errors.UnknownNameError` (a KeyError) listing the known names."""
         key = name.lower()
         if key not in self._entries:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; registered {self.kind}s: {known}")
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; registered {self.kind}s: {known}")
         return self._entries[key]
 
     def names(self) -> list[str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robustreid.errors import UserError
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> the first CUDA device if available, else Apple MPS, else the CPU.
@@ -27,7 +29,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available here")
+        raise UserError(f"device={device!r} was asked for but CUDA is not available here")
     return resolved
 
 

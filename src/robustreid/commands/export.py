@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from robustreid.errors import UserError
+
 FORMATS = ("onnx", "safetensors")
 
 
@@ -44,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.with_suffix(f".{args.format}")
     if out.resolve() == checkpoint.resolve():
-        raise ValueError(f"--out {out} is the checkpoint itself; choose another output path")
+        raise UserError(f"--out {out} is the checkpoint itself; choose another output path")
     if args.opset is not None and args.format != "onnx":
-        raise ValueError(f"--opset applies to --format onnx only, got --format {args.format}")
+        raise UserError(f"--opset applies to --format onnx only, got --format {args.format}")
     try:
         if args.format == "onnx":
             opset = DEFAULT_OPSET if args.opset is None else args.opset

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from robustreid.errors import UserError
+
 DEFAULT_OUT = "runs/search"
 
 
@@ -51,7 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the search; returns 0 (errors are raised as ValueError / FileNotFoundError)."""
+    """Run the search; returns 0 (errors are raised as UserError)."""
     import numpy as np
 
     from robustreid.inference.extractor import expand_inputs, list_images, load
@@ -62,20 +64,20 @@ def run(args: argparse.Namespace) -> int:
     for name, value in (("--topk", args.topk), ("--max-rows", args.max_rows),
                         ("--batch-size", args.batch_size)):
         if value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value}")
+            raise UserError(f"{name}: expected a positive integer, got {value}")
     gallery = Path(args.gallery)
     if not gallery.exists():
-        raise FileNotFoundError(f"--gallery {gallery}: no such folder or file (expected a "
+        raise UserError(f"--gallery {gallery}: no such folder or file (expected a "
                                 "folder of images or an embeddings .npz)")
     if gallery.is_file() and gallery.suffix.lower() != ".npz":
-        raise ValueError(f"--gallery {gallery}: expected a folder of images or an embeddings "
+        raise UserError(f"--gallery {gallery}: expected a folder of images or an embeddings "
                          f".npz, got a {gallery.suffix or 'suffix-less'} file")
     embeddings = load_gallery(gallery) if gallery.is_file() else None
     if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+        raise UserError(f"--checkpoint {args.checkpoint}: no such file")
     query_paths = [Path(p) for p in expand_inputs(list(args.query))]
     if not query_paths:
-        raise ValueError(f"--query {' '.join(args.query)}: no images found")
+        raise UserError(f"--query {' '.join(args.query)}: no images found")
     extractor = load(args.checkpoint, device=args.device, flip=args.flip,
                      batch_size=args.batch_size)
     progress = sys.stderr.isatty()
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     notes = []
     if embeddings is not None:
         if embeddings.dim != query_features.shape[1]:
-            raise ValueError(
+            raise UserError(
                 f"--gallery {gallery}: its embeddings have dimension D={embeddings.dim} but "
                 f"the checkpoint {args.checkpoint} produces D={query_features.shape[1]}; embed "
                 "the gallery with the same checkpoint"
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         gallery_paths = [str(p) for p in list_images(gallery)]
         if not gallery_paths:
-            raise ValueError(f"--gallery {gallery}: the folder holds no images")
+            raise UserError(f"--gallery {gallery}: the folder holds no images")
         gallery_features = extractor(gallery_paths, progress=progress).numpy()
         gallery_pids, gallery_camids = parse_ids(gallery_paths)
     result = search(query_features, gallery_features, k=args.topk, rerank=args.rerank)

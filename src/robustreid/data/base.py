@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from robustreid.errors import UserError
 from robustreid.registry import Registry
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Sample(NamedTuple):
     camid: int
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """Bad dataset input; the message names the file or folder and what was expected."""
 
 
@@ -514,7 +515,7 @@ def read_list_file(
         elif path.is_file():
             out.append(path)
         else:
-            raise FileNotFoundError(f"list file {list_file}, line {lineno}: no such file or "
+            raise UserError(f"list file {list_file}, line {lineno}: no such file or "
                                     f"folder: {line} (relative paths are resolved against "
                                     f"{list_file.parent})")
     if not out:

@@ -59,6 +59,8 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from robustreid.errors import UserError
+
 __all__ = [
     "VIEWS",
     "CameraProfile",
@@ -1216,7 +1218,7 @@ def generate_synthperson(out_dir: str | Path, config: SynthConfig = SynthConfig(
                 old.update(root=str(out), seconds=0.0)
                 return old
         if not overwrite and (not out.is_dir() or any(out.iterdir())):
-            raise FileExistsError(f"{out} exists and is not this SynthPerson set; "
+            raise UserError(f"{out} exists and is not this SynthPerson set; "
                                   "pass overwrite=True to replace it")
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from robustreid import __version__
+from robustreid.errors import UserError
 from robustreid.io import atomic_write
 
 # Version of the checkpoint layout. Readers accept this format and older ones; a file from a
@@ -16,7 +17,7 @@ from robustreid.io import atomic_write
 CHECKPOINT_FORMAT = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file is missing, unreadable or not a robustreid checkpoint."""
 
 

@@ -50,6 +50,7 @@ from robustreid.engine.hooks import (
     MetricsWriter,
     StepContext,
 )
+from robustreid.errors import UserError
 from robustreid.evaluation.evaluate import evaluate_features
 from robustreid.evaluation.features import embed_decoded
 from robustreid.evaluation.ranking import RankingResult
@@ -93,7 +94,7 @@ def labeller_from_config(cfg: Config, data: ReIDData, device: torch.device) -> P
     on the Jaccard distance, after ``cluster.warmup_epochs`` instance epochs."""
     if cfg.train.supervised:
         if not data.labelled:
-            raise ValueError(f"train.supervised=true needs the true identities, but data set "
+            raise UserError(f"train.supervised=true needs the true identities, but data set "
                              f"{data.name!r} has images of unknown identity")
         return SupervisedLabeller([s.pid for s in data.train])
     cl = cfg.cluster
@@ -401,7 +402,7 @@ class Trainer:
             ValueError: the data has no query/gallery split.
         """
         if not self.data.has_test_split:
-            raise ValueError(f"data set {self.data.name!r} has no query/gallery to evaluate "
+            raise UserError(f"data set {self.data.name!r} has no query/gallery to evaluate "
                              "on: set data.eval_dataset")
         ev = self.cfg.eval
         return evaluate_features(

@@ -55,6 +55,7 @@ from robustreid.data.base import (
     parse_market_name,
     read_list_file,
 )
+from robustreid.errors import UserError
 from robustreid.inference.extractor import FeatureExtractor
 from robustreid.io import atomic_write, atomic_write_text
 
@@ -89,7 +90,7 @@ class SkippedImagesWarning(UserWarning):
     """Some input files could not be read as images and were left out of the output."""
 
 
-class EmbeddingsFileError(ValueError):
+class EmbeddingsFileError(UserError):
     """A file is not (or no longer) a valid robustreid embeddings file; names the file."""
 
 
@@ -195,12 +196,12 @@ def _collect_one(item: str | Path) -> list[Path]:
     if GLOB_CHARS.intersection(text):
         matches = sorted(glob(os.path.expanduser(text), recursive=True))
         if not matches:
-            raise FileNotFoundError(f"glob pattern {text!r} matched no files")
+            raise UserError(f"glob pattern {text!r} matched no files")
         out: list[Path] = []
         for match in map(Path, matches):
             out.extend(_collect_folder(match) if match.is_dir() else [match])
         return out
-    raise FileNotFoundError(f"no such folder, list file (.txt) or image: {text}")
+    raise UserError(f"no such folder, list file (.txt) or image: {text}")
 
 
 def _collect_folder(folder: Path) -> list[Path]:
@@ -485,7 +486,7 @@ def _open_manifest(sidecar: Path, fingerprint: dict[str, Any], digest: str,
     manifest_path = sidecar / MANIFEST_NAME
     if sidecar.exists() and not manifest_path.is_file():
         if any(sidecar.glob("chunk_*.npz")):
-            raise FileExistsError(f"{sidecar} holds chunk files but no {MANIFEST_NAME}, so it "
+            raise UserError(f"{sidecar} holds chunk files but no {MANIFEST_NAME}, so it "
                                   "cannot be resumed; pass overwrite=True (CLI: --overwrite) "
                                   "to discard it")
         shutil.rmtree(sidecar)  # killed while writing the manifest: nothing to keep
@@ -498,11 +499,11 @@ def _open_manifest(sidecar: Path, fingerprint: dict[str, Any], digest: str,
                 raise ValueError(f"kind {manifest.get('kind')!r}, chunk size "
                                  f"{stored_chunk_size}")
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise FileExistsError(f"{manifest_path} is not a robustreid embed manifest ({err}); "
+            raise UserError(f"{manifest_path} is not a robustreid embed manifest ({err}); "
                                   "pass overwrite=True (CLI: --overwrite) to discard "
                                   f"{sidecar}") from err
         if stored_digest != digest:
-            raise FileExistsError(
+            raise UserError(
                 f"{sidecar} holds partial results of another run, made from "
                 f"{_describe_difference(stored_fp, fingerprint)}; rerun with the original "
                 "inputs and checkpoint to resume it, or pass overwrite=True (CLI: --overwrite) "
@@ -574,13 +575,13 @@ def _reuse_final(out_path: Path, fingerprint: dict[str, Any], digest: str, sidec
     try:
         data = load_embeddings(out_path)
     except EmbeddingsFileError as err:
-        raise FileExistsError(f"{out_path} exists and is not a robustreid embeddings file "
+        raise UserError(f"{out_path} exists and is not a robustreid embeddings file "
                               f"({err}); pass overwrite=True (CLI: --overwrite) to replace "
                               "it") from err
     meta = data["meta"]
     stored = meta.get("fingerprint")
     if stored != fingerprint:
-        raise FileExistsError(f"{out_path} exists and was made from "
+        raise UserError(f"{out_path} exists and was made from "
                               f"{_describe_difference(stored, fingerprint)}; pass "
                               "overwrite=True (CLI: --overwrite) to replace it")
     skipped = [SkippedFile(str(s["path"]), str(s["reason"])) for s in meta.get("skipped", [])]
@@ -616,7 +617,7 @@ def load_embeddings(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"embeddings file {path} not found")
+        raise UserError(f"embeddings file {path} not found")
     expected = (f"expected an .npz written by `robustreid embed` with arrays "
                 f"{', '.join(REQUIRED_KEYS)}")
     try:

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from robustreid import __version__
+from robustreid.errors import UserError
 from robustreid.evaluation.features import embed_batch
 from robustreid.inference.extractor import FeatureExtractor
 from robustreid.io import atomic_write
@@ -289,7 +290,7 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"exported model {path} not found")
+        raise UserError(f"exported model {path} not found")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         onnx = _require("onnx", "reading ONNX metadata")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from robustreid.data.base import IMAGE_SUFFIXES, list_images, read_image, to_rgb
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
+from robustreid.errors import UserError
 from robustreid.evaluation.features import embed_batch
 from robustreid.utils import resolve_device
 
@@ -57,7 +58,7 @@ def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> list[ImageInput]
             elif path.is_file():
                 out.append(path)
             else:
-                raise FileNotFoundError(f"no such image file or folder: {path}")
+                raise UserError(f"no such image file or folder: {path}")
         elif isinstance(item, np.ndarray | torch.Tensor) and item.ndim == 4:
             out.extend(item)
         else:

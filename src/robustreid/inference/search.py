@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustreid.errors import UserError
+
 __all__ = [
     "Embeddings",
     "GalleryIndex",
@@ -479,29 +481,29 @@ def load_gallery(path: str | Path, require_paths: bool = True) -> Embeddings:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"embeddings file not found: {path}")
+        raise UserError(f"embeddings file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{path}: cannot read it as an .npz of embeddings (arrays 'features', "
+        raise UserError(f"{path}: cannot read it as an .npz of embeddings (arrays 'features', "
                          f"'paths', 'pids', 'camids', 'meta'; no pickled objects): {err}") from err
     except KeyError as err:  # np.load of a file that is not an archive
-        raise ValueError(f"{path}: not an .npz archive: {err}") from err
+        raise UserError(f"{path}: not an .npz archive: {err}") from err
     if "features" not in arrays:
-        raise ValueError(f"{path}: missing array 'features' (N x D float32 embeddings); "
+        raise UserError(f"{path}: missing array 'features' (N x D float32 embeddings); "
                          f"found {sorted(arrays) or 'no arrays'}")
     features = arrays["features"]
     if features.ndim != 2 or features.shape[0] < 1 or features.shape[1] < 1:
-        raise ValueError(f"{path}: 'features' must have shape (N, D) with N, D >= 1, got "
+        raise UserError(f"{path}: 'features' must have shape (N, D) with N, D >= 1, got "
                          f"{features.shape}")
     if not np.issubdtype(features.dtype, np.floating):
-        raise ValueError(f"{path}: 'features' must be floating point, got {features.dtype}")
+        raise UserError(f"{path}: 'features' must be floating point, got {features.dtype}")
     features = np.ascontiguousarray(features, dtype=np.float32)
     try:
         _check_unit_rows(features, f"{path}: 'features'", tol=1e-2)
     except ValueError as err:
-        raise ValueError(f"{err} (expected the L2-normalised output of robustreid)") from err
+        raise UserError(f"{err} (expected the L2-normalised output of robustreid)") from err
     features /= np.linalg.norm(features, axis=1, keepdims=True)
     num = features.shape[0]
     if "paths" in arrays:
@@ -511,7 +513,7 @@ def load_gallery(path: str | Path, require_paths: bool = True) -> Embeddings:
                              f"'features'), got shape {raw_paths.shape} dtype {raw_paths.dtype}")
         paths = [p.decode() if isinstance(p, bytes) else str(p) for p in raw_paths.tolist()]
     elif require_paths:
-        raise ValueError(f"{path}: missing array 'paths' (N image paths, one per row of "
+        raise UserError(f"{path}: missing array 'paths' (N image paths, one per row of "
                          f"'features'); it is needed to show the results")
     else:
         paths = [f"{path.name}#{i}" for i in range(num)]

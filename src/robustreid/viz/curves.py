@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustreid.engine.metrics import FRACTION_KEYS, MEMORY_DIAGNOSTICS, NUMBER_KEYS, PHASES
+from robustreid.errors import UserError
 from robustreid.io import atomic_write
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """
     path = metrics_path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise UserError(
             f"metrics file {path} not found (training writes RUN_DIR/{METRICS_FILE}; pass a "
             "run folder or the file itself)"
         )
