@@ -172,7 +172,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="eps"):
         pseudo_labels(x, eps=1.0)
     with pytest.raises(ValueError, match="method"):
-        knn(x, 3, method="hnsw")
+        knn(x, 3, method="kdtree")
     with pytest.raises(ValueError, match=r"k must be .*N=50"):
         knn(x, 51)
     with pytest.warns(UserWarning, match=r"k1=30 exceeds the number of samples N=12"):

@@ -126,7 +126,7 @@ class EvalConfig:
 
 @dataclass
 class ClusterConfig:
-    """Pseudo-labelling: k-reciprocal Jaccard distance + DBSCAN, run every epoch."""
+    """Pseudo-labelling: k-reciprocal Jaccard distance + DBSCAN (or InfoMap), every epoch."""
 
     eps: float = field(default=0.6, metadata={
         "gt": 0, "lt": 1,
@@ -136,8 +136,26 @@ class ClusterConfig:
     min_samples: int = field(default=4, metadata={"ge": 1})
     k1: int = field(default=30, metadata={"ge": 1})
     k2: int = field(default=6, metadata={"ge": 1})
-    # exact: faiss flat / torch matmul; approx: faiss IVF/HNSW for very large N.
-    knn: Literal["exact", "approx"] = "exact"
+    # Clustering: DBSCAN on the Jaccard distance, or InfoMap on the kNN graph (needs the
+    # infomap package).
+    method: Literal["dbscan", "infomap"] = "dbscan"
+    # kNN search: auto (exact up to 50,000 images, else ivf), exact (faiss flat / torch
+    # matmul), ivf (blocked IVF on the CPU or GPU), hnsw (faiss); approx: older name of ivf.
+    knn: Literal["auto", "exact", "ivf", "hnsw", "approx"] = "auto"
+    # Approximate kNN only: PCA dimension searched in (0 = the features as they are), the
+    # projection (pca or random) and the candidates re-ranked by exact distance per image.
+    knn_dim: int = field(default=256, metadata={"ge": 0})
+    knn_projection: Literal["pca", "random"] = "pca"
+    knn_candidates: int = field(default=100, metadata={"ge": 1})
+    # Storage of the features clustered: float16 halves their memory (the distances are
+    # computed in float32 either way).
+    feature_dtype: Literal["float32", "float16"] = "float32"
+    # Write the training features to <output_dir>/train_features.npy chunk by chunk while
+    # extracting (a memory map: the clustering reads it in chunks) instead of holding them.
+    features_on_disk: bool = False
+    # InfoMap only: cosine similarity a kNN link needs, smallest cluster (smaller: outliers).
+    infomap_min_sim: float = field(default=0.5, metadata={"ge": -1, "le": 1})
+    infomap_min_size: int = field(default=2, metadata={"ge": 1})
     # Subtract each camera's mean feature before clustering (against camera bias).
     camera_normalize: bool = False
     # Instance-discrimination warm-up: for the first N epochs every training image is its own

@@ -37,16 +37,22 @@ min-sum runs over the inverted index of ``V'`` in vectorised row chunks whose du
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .knn import _to_numpy_f32, knn, validate_features
+from .arrays import num_rows, open_features, rows_float32, validate_features
+from .knn import knn
+from .progress import Step
 
 __all__ = ["jaccard_distance", "jaccard_distance_from_knn", "check_k"]
+
+logger = logging.getLogger(__name__)
 
 # Enumerated (i, j, min) triples per chunk of the min-sum (bounds the working memory).
 _PAIR_CHUNK = 1 << 20
@@ -110,20 +116,26 @@ def _expanded_sets(rank: np.ndarray, n: int, k1: int) -> sp.csr_matrix:
 
 
 def _squared_distances(
-    x: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 13
+    x: Any, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 13
 ) -> np.ndarray:
-    """``||x[rows] - x[cols]||^2`` (float64 result of float32 products), in chunks of pairs."""
+    """``||x[rows] - x[cols]||^2`` (float64 result of float32 products), in chunks of pairs.
+
+    ``x`` may be any ``(N, D)`` array, memory map or tensor; only the rows of the pairs are
+    read (in float32).
+    """
     out = np.empty(len(rows), dtype=np.float64)
-    sq = np.einsum("ij,ij->i", x, x)
     for s in range(0, len(rows), chunk):
         r, c = rows[s : s + chunk], cols[s : s + chunk]
-        dot = np.einsum("ij,ij->i", x[r], x[c])
-        out[s : s + chunk] = sq[r].astype(np.float64) + sq[c] - 2.0 * dot
+        xr, xc = rows_float32(x, r), rows_float32(x, c)
+        sq_r = np.einsum("ij,ij->i", xr, xr)
+        sq_c = np.einsum("ij,ij->i", xc, xc)
+        dot = np.einsum("ij,ij->i", xr, xc)
+        out[s : s + chunk] = sq_r.astype(np.float64) + sq_c - 2.0 * dot
     return np.maximum(out, 0.0)
 
 
 def _weights(
-    x: np.ndarray, expanded: sp.csr_matrix, dist: np.ndarray, rank: np.ndarray
+    x: Any, expanded: sp.csr_matrix, dist: np.ndarray, rank: np.ndarray
 ) -> sp.csr_matrix:
     """Row-normalised ``exp(-d2)`` over the expanded sets (the matrix ``V``)."""
     n, ks = rank.shape
@@ -149,7 +161,7 @@ def _weights(
     return sp.csr_matrix((w.astype(np.float32), expanded.indices, expanded.indptr), shape=(n, n))
 
 
-def _min_sum_upper(v: sp.csr_matrix) -> sp.csr_matrix:
+def _min_sum_upper(v: sp.csr_matrix, step: Step | None = None) -> sp.csr_matrix:
     """Strict upper triangle of ``m(i, j) = sum_l min(v[i, l], v[j, l])`` as canonical CSR.
 
     Every stored value of ``v`` must be > 0, so every stored ``m`` is > 0.
@@ -202,6 +214,8 @@ def _min_sum_upper(v: sp.csr_matrix) -> sp.csr_matrix:
         c_indptr = np.concatenate(([0], np.cumsum(np.bincount(u_cols, minlength=n))))
         uniq = sp.csc_matrix((sums, c_rows[starts], c_indptr), shape=(b - a, n))
         blocks.append(uniq.tocsr())
+        if step is not None:
+            step.advance(b - a)
     upper = sp.vstack(blocks, format="csr")
     upper.has_canonical_format = True
     return upper
@@ -249,19 +263,20 @@ def jaccard_distance_from_knn(
         ``(N, N)`` ``scipy.sparse.csr_matrix`` of Jaccard distances in ``[0, 1)``; unstored
         pairs are at distance 1; the diagonal and other zero distances are stored explicitly.
     """
+    features = open_features(features)
     validate_features(features)
-    return _jaccard_core(_to_numpy_f32(features), distances, indices, k1, k2, dtype)
+    return _jaccard_core(features, distances, indices, k1, k2, dtype)
 
 
 def _jaccard_core(
-    x: np.ndarray,
+    x: Any,
     distances: np.ndarray,
     indices: np.ndarray,
     k1: int,
     k2: int,
     dtype: type[np.floating],
 ) -> sp.csr_matrix:
-    n = x.shape[0]
+    n = num_rows(x)
     rank = np.asarray(indices, dtype=np.int64)
     dist = np.asarray(distances, dtype=np.float32)
     if rank.ndim != 2 or rank.shape[0] != n or dist.shape != rank.shape:
@@ -273,26 +288,37 @@ def _jaccard_core(
         raise ValueError(f"the ranking has {rank.shape[1]} columns but k1={k1} are needed")
     if rank.min() < 0 or rank.max() >= n:
         raise ValueError("indices must lie in [0, N)")
-    expanded = _expanded_sets(rank, n, k1)
-    v = _weights(x, expanded, dist, rank)
-    v.eliminate_zeros()  # (only if a weight underflowed: the min-sum needs positive entries)
+    with Step(logger, f"Jaccard: k-reciprocal sets (N={n}, k1={k1})", n):
+        expanded = _expanded_sets(rank, n, k1)
+    with Step(logger, f"Jaccard: weights ({expanded.nnz / n:.1f} per row)", n):
+        v = _weights(x, expanded, dist, rank)
+        v.eliminate_zeros()  # (only if a weight underflowed: the min-sum needs positive entries)
+    del expanded
     if k2 != 1:
         # float32 sum of the k2 rows in ranking order, then / k2: bit-identical to the
         # reference np.mean over rows (scipy's product accumulates row by row in stored order,
         # and the rows of q are deliberately left in ranking order, not sorted)
-        q = sp.csr_matrix(
-            (
-                np.ones(n * k2, dtype=np.float32),
-                rank[:, :k2].ravel(),
-                np.arange(0, n * k2 + 1, k2, dtype=np.int64),
-            ),
-            shape=(n, n),
-        )
-        v = (q @ v).tocsr()
-        v.data /= np.float32(k2)
-        v.eliminate_zeros()
+        with Step(logger, f"Jaccard: query expansion (k2={k2})", n):
+            q = sp.csr_matrix(
+                (
+                    np.ones(n * k2, dtype=np.float32),
+                    rank[:, :k2].ravel(),
+                    np.arange(0, n * k2 + 1, k2, dtype=np.int64),
+                ),
+                shape=(n, n),
+            )
+            v = (q @ v).tocsr()
+            v.data /= np.float32(k2)
+            v.eliminate_zeros()
+            del q
     v.sort_indices()
-    return _symmetric_distance(_min_sum_upper(v), dtype)
+    with Step(logger, f"Jaccard: min-sum ({v.nnz / n:.1f} entries per row)", n,
+              total=n) as step:
+        upper = _min_sum_upper(v, step)
+    del v
+    with Step(logger, f"Jaccard: symmetric distance ({2 * upper.nnz / n:.1f} pairs per row)",
+              n):
+        return _symmetric_distance(upper, dtype)
 
 
 def jaccard_distance(
@@ -303,28 +329,35 @@ def jaccard_distance(
     knn_method: str = "exact",
     device: torch.device | str | None = None,
     dtype: type[np.floating] = np.float32,
+    knn_options: Mapping[str, Any] | None = None,
 ) -> sp.csr_matrix:
     """Sparse k-reciprocal Jaccard distance of ``features`` (cluster-contrast definition).
 
     Args:
-        features: ``(N, D)`` float features (numpy or torch, any device), L2-normalised as in
-            cluster-contrast (the weights use squared Euclidean distances = ``2 - 2 cos``).
+        features: ``(N, D)`` float features (numpy array or memory map, float16 or float32;
+            ``.npy`` path; torch tensor on any device), L2-normalised as in cluster-contrast
+            (the weights use squared Euclidean distances = ``2 - 2 cos``).
         k1: k-reciprocal neighbourhood size (sample itself included); clipped to ``N`` with a
             warning.
         k2: query-expansion neighbourhood size (sample itself included), capped at ``k1``.
-        knn_method: ``"exact"`` or ``"approx"``, see :func:`robustreid.clustering.knn`.
+        knn_method: ``"auto"``, ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"approx"``, see
+            :func:`robustreid.clustering.knn`.
         device: torch device for the kNN search (see :func:`robustreid.clustering.knn`).
         dtype: dtype of the stored distances.
+        knn_options: further keyword arguments of :func:`robustreid.clustering.knn`
+            (``reduce_dim``, ``nprobe``, ``candidates``, ...).
 
     Returns:
         ``(N, N)`` CSR matrix, distances in ``[0, 1)`` for stored pairs, 1 for unstored pairs,
         symmetric, diagonal stored as 0.
     """
+    features = open_features(features)
     validate_features(features)
-    n = int(features.shape[0])
+    n = num_rows(features)
     k1, k2 = check_k(n, k1, k2)
     k_search = min(n, 2 * k1)
-    dist, idx = knn(features, k_search, method=knn_method, device=device)
+    dist, idx = knn(features, k_search, method=knn_method, device=device,
+                    **dict(knn_options or {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return _jaccard_core(_to_numpy_f32(features), dist, idx, k1, k2, dtype)
+        return _jaccard_core(features, dist, idx, k1, k2, dtype)

@@ -3,30 +3,38 @@
 Distances are **squared Euclidean** distances ``||x_i - x_j||^2``; for L2-normalised features
 (the re-ID convention) this equals ``2 - 2 cos(x_i, x_j)`` and lies in ``[0, 4]``.
 
-Backends
---------
-* ``faiss`` (default when importable and no GPU device is requested): exact search with a flat
-  index (``IndexFlatL2``; for unit vectors its ranking is the ``IndexFlatIP`` ranking, and it
-  returns the squared distances directly), approximate search with ``IndexHNSWFlat`` or
-  ``IndexIVFFlat``.
-* ``torch``: chunked ``X_chunk @ X.T`` followed by ``topk`` on any torch device (CPU or GPU).
-  Used when faiss is missing, when ``device`` is a non-CPU torch device, when the input is a
-  tensor on a non-CPU device, or when ``backend="torch"`` is forced.
+Methods (``method=``)
+---------------------
+* ``"exact"``: every pair. ``faiss`` flat index (``IndexFlatL2``) on the CPU, or chunked
+  ``X_chunk @ X.T`` + ``topk`` with torch on any device (CPU or GPU; used when faiss is
+  missing, when ``device`` or the tensor is on a non-CPU device, or with ``backend="torch"``).
+  Quadratic: about ``N^2 D`` multiply-adds.
+* ``"ivf"``: an inverted-file search (k-means cells). ``backend="torch"`` (the default) is the
+  blocked all-rows search of :func:`robustreid.clustering.ann.ivf_knn` (one matrix product per
+  cell, on the CPU or the GPU); ``backend="faiss"`` uses faiss' ``IndexIVFFlat`` (on the GPU
+  when ``device`` is CUDA and faiss has GPU support).
+* ``"hnsw"``: faiss' ``IndexHNSWFlat`` graph (CPU; ``hnsw_m`` links per node,
+  ``efConstruction=40``, ``efSearch=max(64, 2 * k)`` unless ``ef_search`` is given).
+* ``"auto"``: ``"exact"`` below :data:`AUTO_EXACT_MAX_ROWS` rows (and whenever ``D`` is
+  already small and ``N`` moderate), else ``"ivf"``.
+* ``"approx"``: the older name; faiss ``approx_index`` (``"hnsw"`` or ``"ivf"``) on the
+  features as they are (no projection or re-ranking unless asked for).
 
-Approximate mode (``method="approx"``)
---------------------------------------
-``approx_index="hnsw"`` (default): faiss ``IndexHNSWFlat`` with ``hnsw_m=32`` links per node,
-``efConstruction=40`` and ``efSearch=max(64, 2 * k)`` (exact distances of the visited nodes).
-``approx_index="ivf"``: faiss ``IndexIVFFlat``, ``nlist`` inverted lists (default
-``round(4 * sqrt(N))``, at most ``N // 39``), coarse k-means trained on at most ``64 * nlist``
-rows sampled with a fixed seed, ``nprobe`` probed lists (default ``max(8, nlist // 16)``).
-Without faiss the approximate mode falls back to the exact torch search (with a warning).
-Rows for which the index returns fewer than ``k`` candidates are padded with the row itself at
+The approximate methods first project the features to ``reduce_dim`` dimensions (PCA fitted
+on a sample, or a random projection; default 256 when ``D > 256``, ``0`` = off), search
+``candidates`` neighbours per row there, and re-rank them by their exact distances in the
+original ``D`` dimensions (``refine``, on by default whenever a projection is used), so the
+returned distances are true distances and only a neighbour missing from the candidates is
+an error. Inputs may be arrays, float16 or float32 memory maps, ``.npy`` paths or tensors; the
+approximate methods read them in chunks and never hold a float32 copy.
+
+Rows for which fewer than ``k`` candidates are found are padded with the row itself at
 distance ``inf``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Any
@@ -34,46 +42,34 @@ from typing import Any
 import numpy as np
 import torch
 
+from .ann import fit_projection, ivf_knn, neighbour_order, project, refine_knn
+from .arrays import num_rows, open_features, validate_features
+from .progress import Step
+
 try:  # faiss is optional
     import faiss  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - exercised only without faiss
     faiss = None
 
-__all__ = ["knn", "faiss_available", "validate_features"]
+__all__ = ["knn", "faiss_available", "validate_features", "choose_method", "AUTO_EXACT_MAX_ROWS",
+           "KNN_METHODS"]
 
-_METHODS = ("exact", "approx")
+logger = logging.getLogger(__name__)
+
+KNN_METHODS = ("auto", "exact", "ivf", "hnsw", "approx")
 _BACKENDS = ("auto", "faiss", "torch")
+# "auto" searches exactly up to this many rows (the exact search of 50,000 x 2048 features
+# takes about 1 minute on 2 CPU cores; above it the approximate search wins, see
+# docs/RESULTS.md); Market-1501 and MSMT17 stay exact, bit for bit the classic result.
+AUTO_EXACT_MAX_ROWS = 50_000
+# default dimension of the projection before an approximate search, and its candidates
+DEFAULT_REDUCE_DIM = 256
+DEFAULT_CANDIDATES = 100
 
 
 def faiss_available() -> bool:
     """Return ``True`` when the optional ``faiss`` package could be imported."""
     return faiss is not None
-
-
-def validate_features(features: Any) -> None:
-    """Raise ``ValueError`` unless ``features`` is a finite, non-empty 2-D array or tensor.
-
-    Args:
-        features: ``(N, D)`` numpy array or torch tensor.
-    """
-    shape = tuple(features.shape) if hasattr(features, "shape") else None
-    if shape is None:
-        raise ValueError("features must be a numpy array or a torch tensor of shape (N, D)")
-    if len(shape) != 2:
-        raise ValueError(f"features must be 2-D of shape (N, D), got shape {shape}")
-    if shape[0] < 1 or shape[1] < 1:
-        raise ValueError(f"features must have N >= 1 rows and D >= 1 columns, got {shape}")
-    if isinstance(features, torch.Tensor):
-        if not torch.is_floating_point(features):
-            features = features.float()
-        finite = bool(torch.isfinite(features).all())
-    else:
-        arr = np.asarray(features)
-        if not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"features must be numeric, got dtype {arr.dtype}")
-        finite = bool(np.isfinite(arr).all())
-    if not finite:
-        raise ValueError("features contain NaN or infinite values")
 
 
 def _to_numpy_f32(features: Any) -> np.ndarray:
@@ -134,6 +130,16 @@ def _pad_missing(dist: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndar
     return dist, idx
 
 
+def _faiss_gpu(index: Any, dev: torch.device) -> Any:
+    """``index`` moved to GPU ``dev`` when faiss has GPU support, else unchanged."""
+    if dev.type != "cuda" or not hasattr(faiss, "StandardGpuResources"):
+        return index
+    if getattr(faiss, "get_num_gpus", lambda: 0)() < 1:
+        return index
+    res = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(res, dev.index or 0, index)
+
+
 def _knn_faiss_hnsw(
     x: np.ndarray, k: int, hnsw_m: int, ef_search: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +151,8 @@ def _knn_faiss_hnsw(
 
 
 def _knn_faiss_ivf(
-    x: np.ndarray, k: int, nlist: int | None, nprobe: int | None, seed: int
+    x: np.ndarray, k: int, nlist: int | None, nprobe: int | None, seed: int,
+    dev: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     n, dim = x.shape
     if nlist is None:
@@ -167,7 +174,24 @@ def _knn_faiss_ivf(
     index.train(train)
     index.add(x)
     index.nprobe = nprobe
+    index = _faiss_gpu(index, dev or torch.device("cpu"))
+    if hasattr(index, "nprobe"):
+        index.nprobe = nprobe
     return _pad_missing(*index.search(x, k))
+
+
+def choose_method(n: int, dim: int) -> str:
+    """The method ``"auto"`` picks for ``n`` rows of dimension ``dim``: ``"exact"`` up to
+    :data:`AUTO_EXACT_MAX_ROWS` rows, else ``"ivf"`` (with ``faiss`` or ``torch``)."""
+    return "exact" if n <= AUTO_EXACT_MAX_ROWS else "ivf"
+
+
+def _check_int(name: str, value: Any, low: int, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {name}={value!r}")
+    return int(value)
 
 
 def knn(
@@ -184,56 +208,140 @@ def knn(
     nlist: int | None = None,
     nprobe: int | None = None,
     seed: int = 0,
+    reduce_dim: int | None = None,
+    projection: str = "pca",
+    refine: bool | None = None,
+    candidates: int | None = None,
+    check_finite: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours of every row of ``features`` among all rows (the row itself included).
 
     Args:
-        features: ``(N, D)`` float numpy array or torch tensor (any device). Not modified.
+        features: ``(N, D)`` float numpy array (float16 / float32, memory maps included), torch
+            tensor (any device) or path of a ``.npy`` file. Not modified.
         k: number of neighbours, ``1 <= k <= N``.
-        method: ``"exact"`` or ``"approx"`` (faiss HNSW or IVF-Flat, see the module docstring).
-        device: torch device for the torch backend (e.g. ``"cuda:0"``); a non-CPU device
-            selects the torch backend. ``None``: the tensor's own device, else CPU.
-        chunk_size: query rows per matrix product in the torch backend (memory
+        method: ``"auto"``, ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"approx"`` (module
+            docstring).
+        device: torch device of the products (e.g. ``"cuda:0"``); ``None``: the tensor's own
+            device, else CPU.
+        chunk_size: query rows per matrix product in the exact torch backend (memory
             ``chunk_size * N`` floats on ``device``).
         backend: ``"auto"``, ``"faiss"`` or ``"torch"``.
-        approx_index: ``"hnsw"`` or ``"ivf"`` (approximate mode only).
-        hnsw_m, ef_search: HNSW parameters; nlist, nprobe, seed: IVF parameters (defaults in
-            the module docstring).
+        approx_index: ``"hnsw"`` or ``"ivf"``, the faiss index of ``method="approx"``.
+        hnsw_m, ef_search: HNSW parameters.
+        nlist, nprobe: IVF cells and cells searched (defaults: see
+            :func:`robustreid.clustering.ann.ivf_knn` for the torch backend; faiss:
+            ``round(4 sqrt(N))`` and ``max(8, nlist // 16)``).
+        seed: seed of every random choice (samples, k-means, random projection).
+        reduce_dim: dimension the approximate methods search in (``None``: 256 when
+            ``D > 256`` for ``ivf`` / ``hnsw``, no projection for ``approx``; ``0``: none).
+        projection: ``"pca"`` (fitted on 32,768 sampled rows) or ``"random"``.
+        refine: re-rank the candidates by exact distances in ``D`` dimensions (``None``: when a
+            projection is used).
+        candidates: neighbours searched before re-ranking (default ``max(k, 100)``).
+        check_finite: check the features for NaN / inf first (one pass over them; callers
+            that checked already pass ``False``).
 
     Returns:
         ``(distances, indices)``: ``(N, k)`` float32 squared Euclidean distances (``2 - 2 cos``
         for unit vectors), ascending per row, and ``(N, k)`` int64 neighbour indices. The row
         itself comes first unless exact duplicates tie with it.
     """
-    validate_features(features)
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    features = open_features(features)
+    if check_finite:
+        validate_features(features)
+    if method not in KNN_METHODS:
+        raise ValueError(f"method must be one of {KNN_METHODS}, got {method!r}")
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    n = int(features.shape[0])
+    n, dim = num_rows(features), int(features.shape[1])
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
         raise ValueError(f"k must be an integer with 1 <= k <= N (N={n}), got k={k!r}")
     k = int(k)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    reduce_dim = _check_int("reduce_dim", reduce_dim, 0)
+    candidates = _check_int("candidates", candidates, 1)
+    if projection not in ("pca", "random"):
+        raise ValueError(f"projection must be 'pca' or 'random', got {projection!r}")
     dev = _resolve_device(features, device)
     if backend == "faiss" and faiss is None:
         raise ValueError("backend='faiss' requested but faiss is not installed")
-    use_faiss = backend == "faiss" or (
-        backend == "auto" and faiss is not None and dev.type == "cpu"
-    )
+    if method == "auto":
+        method = choose_method(n, dim)
     if method == "approx":
         if approx_index not in ("hnsw", "ivf"):
             raise ValueError(f"approx_index must be 'hnsw' or 'ivf', got {approx_index!r}")
-        if use_faiss and approx_index == "hnsw":
-            return _knn_faiss_hnsw(_to_numpy_f32(features), k, hnsw_m, ef_search)
-        if use_faiss:
-            return _knn_faiss_ivf(_to_numpy_f32(features), k, nlist, nprobe, seed)
-        warnings.warn(
-            "method='approx' needs faiss on CPU; falling back to the exact torch search",
-            RuntimeWarning,
-            stacklevel=2,
+        if faiss is None or (backend == "torch"):
+            warnings.warn(
+                "method='approx' needs faiss; falling back to the exact torch search",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            method = "exact"
+        else:
+            method, backend = approx_index, "faiss"
+            reduce_dim = 0 if reduce_dim is None else reduce_dim
+    if method == "exact":
+        use_faiss = backend == "faiss" or (
+            backend == "auto" and faiss is not None and dev.type == "cpu"
         )
-    if use_faiss:
-        return _knn_faiss_exact(_to_numpy_f32(features), k)
-    return _knn_torch(features, k, dev, chunk_size)
+        with Step(logger, f"exact kNN (N={n}, D={dim}, k={k}, "
+                          f"{'faiss' if use_faiss else 'torch on ' + str(dev)})", n):
+            if use_faiss:
+                return _knn_faiss_exact(_to_numpy_f32(features), k)
+            return _knn_torch(features, k, dev, chunk_size)
+    if method == "hnsw" and faiss is None:
+        raise ValueError("method='hnsw' needs faiss, which is not installed")
+    return _knn_approx(features, k, method=method, dev=dev, backend=backend, hnsw_m=hnsw_m,
+                       ef_search=ef_search, nlist=nlist, nprobe=nprobe, seed=seed,
+                       reduce_dim=reduce_dim, projection=projection, refine=refine,
+                       candidates=candidates)
+
+
+def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backend: str,
+                hnsw_m: int, ef_search: int | None, nlist: int | None, nprobe: int | None,
+                seed: int, reduce_dim: int | None, projection: str, refine: bool | None,
+                candidates: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Projection, approximate search and exact re-ranking; see :func:`knn`."""
+    n, dim = num_rows(features), int(features.shape[1])
+    if reduce_dim is None:
+        reduce_dim = DEFAULT_REDUCE_DIM if dim > DEFAULT_REDUCE_DIM else 0
+    reduce_dim = min(reduce_dim, dim)
+    projected = 0 < reduce_dim < dim
+    refine = projected if refine is None else bool(refine)
+    r = max(k, DEFAULT_CANDIDATES if candidates is None else candidates) if refine else k
+    r = min(r, n)
+    if projected:
+        with Step(logger, f"{projection} projection {dim} -> {reduce_dim} dims (fit)", n):
+            proj = fit_projection(features, reduce_dim, kind=projection, seed=seed, device=dev)
+        if proj.explained is not None:
+            logger.log(logging.INFO if n >= 50_000 else logging.DEBUG,
+                       "PCA keeps %.1f %% of the sample's variance", 100 * proj.explained)
+        with Step(logger, f"projecting {n} rows", n, total=n) as step:
+            y = project(features, proj, device=dev, step=step)
+    else:
+        with Step(logger, f"reading {n} rows as float32", n):
+            y = _to_numpy_f32(features)
+    order = None
+    use_faiss = backend == "faiss" or method == "hnsw"
+    if method == "ivf" and not use_faiss:
+        dist, idx, order = ivf_knn(y, r, nlist=nlist,
+                                   nprobe=32 if nprobe is None else nprobe, seed=seed,
+                                   device=dev, low_precision=None if refine else False,
+                                   n_log=n)
+        if not refine:
+            return dist[:, :k], idx[:, :k]
+    else:
+        name = "HNSW" if method == "hnsw" else "faiss IVF"
+        with Step(logger, f"{name} search (k={r}, {y.shape[1]}-d)", n):
+            if method == "hnsw":
+                dist, idx = _knn_faiss_hnsw(y, r, hnsw_m, ef_search)
+            else:
+                dist, idx = _knn_faiss_ivf(y, r, nlist, nprobe, seed, dev)
+        if not refine:
+            return dist[:, :k], idx[:, :k]
+    del y
+    if order is None:
+        order = neighbour_order(idx)
+    return refine_knn(features, idx, k, order=order, device=dev, n_log=n)

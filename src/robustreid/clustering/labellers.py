@@ -3,7 +3,8 @@
 A labeller maps the epoch's features of the training split to :class:`EpochLabels`. Three
 are provided, composed by the trainer's wiring (``engine.trainer.labeller_from_config``):
 
-* :class:`ClusteringLabeller` - k-reciprocal Jaccard distance + DBSCAN (the method);
+* :class:`ClusteringLabeller` - k-reciprocal Jaccard distance + DBSCAN (the method), or
+  InfoMap on the kNN graph;
 * :class:`SupervisedLabeller` - the true identities (the supervised upper bound);
 * :class:`InstanceWarmup` - one class per image for the first epochs, then another labeller.
 
@@ -13,9 +14,9 @@ labellings).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -50,36 +51,63 @@ class PseudoLabeller(Protocol):
 
 
 class ClusteringLabeller:
-    """DBSCAN on the k-reciprocal Jaccard distance of the features.
+    """DBSCAN on the k-reciprocal Jaccard distance of the features (or InfoMap on their kNN).
 
     Args:
         eps: DBSCAN radius on the Jaccard distance, in (0, 1).
         min_samples: DBSCAN core-point size.
-        k1, k2: k-reciprocal neighbourhood sizes.
-        knn_method: ``exact`` or ``approx`` nearest-neighbour search.
+        k1, k2: k-reciprocal neighbourhood sizes (InfoMap: ``k1`` links per image).
+        knn_method: ``auto``, ``exact``, ``ivf``, ``hnsw`` or ``approx`` nearest-neighbour
+            search (:func:`robustreid.clustering.knn`).
         camids: (N,) camera ids of the training images, to subtract each camera's mean
             feature first (``None``: no camera normalisation).
         device: where the kNN search runs.
+        method: ``dbscan`` or ``infomap``.
+        knn_options: further keyword arguments of :func:`robustreid.clustering.knn`
+            (``reduce_dim``, ``projection``, ``candidates``).
+        feature_dtype: ``float32`` or ``float16``: storage of the features while clustering.
+        infomap_min_sim, infomap_min_size: InfoMap link threshold and smallest cluster.
     """
 
     def __init__(self, eps: float, min_samples: int, k1: int, k2: int,
                  knn_method: str = "exact", camids: Sequence[int] | None = None,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, *, method: str = "dbscan",
+                 knn_options: Mapping[str, Any] | None = None,
+                 feature_dtype: str = "float32", infomap_min_sim: float = 0.5,
+                 infomap_min_size: int = 2) -> None:
+        if feature_dtype not in ("float32", "float16"):
+            raise ValueError(f"feature_dtype must be float32 or float16, got {feature_dtype!r}")
         self.eps, self.min_samples, self.k1, self.k2 = eps, min_samples, k1, k2
         self.knn_method = knn_method
         self.camids = None if camids is None else torch.as_tensor(list(camids))
         self.device = device
+        self.method = method
+        self.knn_options = dict(knn_options or {})
+        self.feature_dtype = feature_dtype
+        self.infomap_min_sim, self.infomap_min_size = infomap_min_sim, infomap_min_size
 
-    def __call__(self, features: torch.Tensor, epoch: int) -> EpochLabels:
+    def __call__(self, features: Any, epoch: int) -> EpochLabels:
+        """Labels of ``features``: an (N, D) tensor, or an (N, D) array / memory map."""
         if self.camids is not None:
-            features = camera_normalize(features, self.camids)
+            features = camera_normalize(torch.as_tensor(np.asarray(features))
+                                        if not isinstance(features, torch.Tensor)
+                                        else features, self.camids)
+        if self.feature_dtype == "float16":
+            features = (features.half() if isinstance(features, torch.Tensor)
+                        else np.asarray(features, dtype=np.float16))
         labels = pseudo_labels(features, eps=self.eps, min_samples=self.min_samples,
                                k1=self.k1, k2=self.k2, knn_method=self.knn_method,
-                               device=self.device)
+                               device=self.device, method=self.method,
+                               knn_options=self.knn_options,
+                               infomap_min_similarity=self.infomap_min_sim,
+                               infomap_min_size=self.infomap_min_size)
         return EpochLabels.from_labels(labels)
 
     def describe(self) -> str:
         """The settings, for messages (e.g. why an epoch found too few clusters)."""
+        if self.method == "infomap":
+            return (f"infomap, infomap_min_sim={self.infomap_min_sim}, "
+                    f"infomap_min_size={self.infomap_min_size}")
         return f"eps={self.eps}, min_samples={self.min_samples}"
 
 

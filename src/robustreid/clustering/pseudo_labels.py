@@ -1,7 +1,11 @@
-"""Pseudo-identity labels: DBSCAN on the sparse k-reciprocal Jaccard distance."""
+"""Pseudo-identity labels: DBSCAN on the sparse k-reciprocal Jaccard distance, or InfoMap on
+the kNN graph."""
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -9,30 +13,18 @@ import scipy.sparse as sp
 import torch
 from sklearn.cluster import DBSCAN
 
-from .jaccard import jaccard_distance
+from ._labels import relabel_consecutive
+from .arrays import num_rows, open_features, validate_features
+from .graph_clustering import infomap_labels
+from .jaccard import _jaccard_core, check_k
+from .knn import knn
+from .progress import Step
 
-__all__ = ["pseudo_labels", "dbscan_sparse", "relabel_consecutive"]
+__all__ = ["pseudo_labels", "dbscan_sparse", "relabel_consecutive", "CLUSTER_METHODS"]
 
+logger = logging.getLogger(__name__)
 
-def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    """Rename clusters to ``0..C-1`` in order of their first (lowest-index) sample; keep -1.
-
-    Args:
-        labels: ``(N,)`` integer labels, ``-1`` = outlier.
-
-    Returns:
-        ``(N,)`` int64 labels.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    out = np.full(labels.shape, -1, dtype=np.int64)
-    inlier = labels >= 0
-    if inlier.any():
-        uniq, first, inverse = np.unique(labels[inlier], return_index=True, return_inverse=True)
-        order = np.argsort(first, kind="stable")
-        new_id = np.empty(len(uniq), dtype=np.int64)
-        new_id[order] = np.arange(len(uniq), dtype=np.int64)
-        out[inlier] = new_id[inverse]
-    return out
+CLUSTER_METHODS = ("dbscan", "infomap")
 
 
 def dbscan_sparse(dist: sp.spmatrix, eps: float, min_samples: int) -> np.ndarray:
@@ -55,15 +47,22 @@ def dbscan_sparse(dist: sp.spmatrix, eps: float, min_samples: int) -> np.ndarray
     """
     csr = sp.csr_matrix(dist)
     n = csr.shape[0]
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(csr.indptr))
-    keep = csr.data <= eps
-    r, c, d = rows[keep], csr.indices[keep], csr.data[keep]
-    order = np.lexsort((d, r))
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(r, minlength=n), out=indptr[1:])
-    graph = sp.csr_matrix((d[order], c[order], indptr), shape=(n, n))
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
-    return relabel_consecutive(labels)
+    with Step(logger, f"DBSCAN (N={n}, eps={eps}, min_samples={min_samples})", n) as step:
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(csr.indptr))
+        keep = csr.data <= eps
+        r, c, d = rows[keep], csr.indices[keep], csr.data[keep]
+        del rows, keep, csr
+        order = np.lexsort((d, r))
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(r, minlength=n), out=indptr[1:])
+        graph = sp.csr_matrix((d[order], c[order], indptr), shape=(n, n))
+        del r, c, d, order
+        labels = DBSCAN(eps=eps, min_samples=min_samples,
+                        metric="precomputed").fit_predict(graph)
+        out = relabel_consecutive(labels)
+    logger.log(step.level, "DBSCAN: %d clusters, %d outliers",
+               int(out.max()) + 1 if (out >= 0).any() else 0, int((out < 0).sum()))
+    return out
 
 
 def pseudo_labels(
@@ -75,20 +74,42 @@ def pseudo_labels(
     *,
     knn_method: str = "exact",
     device: torch.device | str | None = None,
+    method: str = "dbscan",
+    knn_options: Mapping[str, Any] | None = None,
+    infomap_min_similarity: float = 0.5,
+    infomap_min_size: int = 2,
+    seed: int = 0,
 ) -> np.ndarray:
     """Cluster ``features`` into pseudo-identities (cluster-contrast style).
 
+    ``method="dbscan"``: kNN (``2 k1`` columns), k-reciprocal Jaccard distance, DBSCAN.
+    ``method="infomap"``: kNN (``k1`` columns), InfoMap on the kNN graph
+    (:func:`robustreid.clustering.graph_clustering.infomap_labels`). Both are ``O(N k1)`` in
+    memory after the kNN search; each step logs its progress and time (``INFO`` from 50,000
+    rows on, logger ``robustreid.clustering``).
+
     Args:
-        features: ``(N, D)`` L2-normalised features, numpy or torch (any device).
+        features: ``(N, D)`` L2-normalised features: numpy array or memory map (float16 or
+            float32), ``.npy`` path, or torch tensor (any device).
         eps: DBSCAN radius on the Jaccard distance, ``0 < eps < 1``.
         min_samples: DBSCAN ``min_samples`` (the sample itself included).
-        k1, k2: Jaccard neighbourhood sizes, see :func:`robustreid.clustering.jaccard_distance`.
-        knn_method: ``"exact"`` or ``"approx"``.
+        k1, k2: Jaccard neighbourhood sizes, see :func:`robustreid.clustering.jaccard_distance`
+            (InfoMap links each row to its ``k1`` nearest neighbours).
+        knn_method: ``"auto"``, ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"approx"``
+            (:func:`robustreid.clustering.knn`).
         device: torch device for the kNN search.
+        method: ``"dbscan"`` or ``"infomap"``.
+        knn_options: further keyword arguments of :func:`robustreid.clustering.knn`
+            (``reduce_dim``, ``nprobe``, ``candidates``, ...).
+        infomap_min_similarity: cosine similarity an InfoMap link needs.
+        infomap_min_size: InfoMap clusters smaller than this are outliers.
+        seed: seed of the approximate search and of InfoMap.
 
     Returns:
         ``(N,)`` int64 labels ``0..C-1`` numbered by first occurrence, ``-1`` = outlier.
     """
+    if method not in CLUSTER_METHODS:
+        raise ValueError(f"method must be one of {CLUSTER_METHODS}, got {method!r}")
     if not 0.0 < float(eps) < 1.0:
         raise ValueError(
             f"eps must lie in (0, 1) for the Jaccard distance (pairs not stored are at "
@@ -98,5 +119,22 @@ def pseudo_labels(
         raise ValueError(f"min_samples must be a positive integer, got {min_samples!r}")
     if min_samples < 1:
         raise ValueError(f"min_samples must be a positive integer, got {min_samples!r}")
-    dist = jaccard_distance(features, k1, k2, knn_method=knn_method, device=device)
-    return dbscan_sparse(dist, eps, int(min_samples))
+    features = open_features(features)
+    validate_features(features)
+    n = num_rows(features)
+    k1, k2 = check_k(n, k1, k2)
+    options = {"seed": seed, **dict(knn_options or {})}
+    dtype_name = str(features.dtype).replace("torch.", "")
+    with Step(logger, f"pseudo-labels ({method}, N={n}, D={int(features.shape[1])}, "
+                      f"{dtype_name} features, kNN {knn_method})", n):
+        k_search = min(n, k1 if method == "infomap" else 2 * k1)
+        dist, idx = knn(features, k_search, method=knn_method, device=device,
+                        check_finite=False, **options)
+        if method == "infomap":
+            return infomap_labels(dist, idx, k=k1, min_similarity=infomap_min_similarity,
+                                  min_size=infomap_min_size, seed=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            jac = _jaccard_core(features, dist, idx, k1, k2, np.float32)
+        del dist, idx
+        return dbscan_sparse(jac, eps, int(min_samples))

@@ -91,7 +91,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def labeller_from_config(cfg: Config, data: ReIDData, device: torch.device) -> PseudoLabeller:
     """The pseudo-labeller ``cfg`` asks for: the true ids (``train.supervised``), else DBSCAN
-    on the Jaccard distance, after ``cluster.warmup_epochs`` instance epochs."""
+    on the Jaccard distance (or InfoMap, ``cluster.method``), after ``cluster.warmup_epochs``
+    instance epochs. ``cluster.knn=approx`` (the older name) selects ``ivf``."""
     if cfg.train.supervised:
         if not data.labelled:
             raise UserError(f"train.supervised=true needs the true identities, but data set "
@@ -99,8 +100,13 @@ def labeller_from_config(cfg: Config, data: ReIDData, device: torch.device) -> P
         return SupervisedLabeller([s.pid for s in data.train])
     cl = cfg.cluster
     labeller: PseudoLabeller = ClusteringLabeller(
-        cl.eps, cl.min_samples, cl.k1, cl.k2, knn_method=cl.knn,
-        camids=[s.camid for s in data.train] if cl.camera_normalize else None, device=device)
+        cl.eps, cl.min_samples, cl.k1, cl.k2,
+        knn_method="ivf" if cl.knn == "approx" else cl.knn,
+        camids=[s.camid for s in data.train] if cl.camera_normalize else None, device=device,
+        method=cl.method, feature_dtype=cl.feature_dtype,
+        knn_options={"reduce_dim": cl.knn_dim, "projection": cl.knn_projection,
+                     "candidates": cl.knn_candidates},
+        infomap_min_sim=cl.infomap_min_sim, infomap_min_size=cl.infomap_min_size)
     if cl.warmup_epochs:
         labeller = InstanceWarmup(cl.warmup_epochs, labeller)
     return labeller

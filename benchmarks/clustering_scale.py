@@ -1,0 +1,277 @@
+"""Pseudo-labels for 100,000 to 1,000,000 images: time per step, peak memory, kNN recall, ARI.
+
+Run (one line; the 1M case needs about 10 GB of free disk for the float16 features):
+
+    PYTHONPATH=src python benchmarks/clustering_scale.py --sizes 100000 300000 1000000 \\
+        --backends exact ivf hnsw --dtype float16 --json benchmarks/results/clustering_scale.json
+
+For each N the features (``d = 2048`` by default) are generated in chunks by
+:func:`robustreid.clustering.synthetic.reid_like_features` (identities of uneven size,
+look-alike families inside appearance groups, camera bias, a decaying spectrum) into a ``.npy``
+file of ``--dtype`` in ``--workdir``; no ``N x N`` array is formed anywhere. Then every backend
+runs the whole pseudo-labelling (kNN -> Jaccard -> DBSCAN, eps 0.6, min_samples 4, k1 30,
+k2 6) **in its own child process** reading the file as a memory map, which reports
+
+* the wall time of each step (the kNN's projection / search / re-ranking steps included),
+* its peak resident memory (``ru_maxrss`` of the child: everything it touched, the pages of
+  the memory-mapped features included),
+* kNN recall@k1: for ``--queries`` sampled rows, the share of their exact ``k1`` nearest
+  neighbours (brute force in the full dimension, computed once per N and cached in the
+  workdir) found among the first ``k1`` columns of the backend's kNN,
+* number of clusters / outliers and the ARI of its labels against the true identities and,
+  when the ``exact`` backend ran at the same N, against the exact pipeline's labels (with the
+  ratio of the times).
+
+The exact backend runs only for ``N <= --exact-max`` (quadratic: about 1e10 pair distances at
+N = 100,000). ``--backends`` accepts ``exact``, ``ivf``, ``hnsw``, ``faiss-ivf`` (faiss'
+``IndexIVFFlat`` with the same projection and re-ranking), ``auto``, and ``ivf-infomap``
+(InfoMap on the ivf kNN instead of Jaccard + DBSCAN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustreid.clustering import (
+    dbscan_sparse,
+    infomap_labels,
+    jaccard_distance_from_knn,
+    knn,
+    open_features,
+)
+from robustreid.clustering.arrays import rows_float32
+from robustreid.clustering.synthetic import reid_like_features
+
+K1, K2, EPS, MIN_SAMPLES = 30, 6, 0.6, 4
+BACKENDS = {
+    "exact": {"method": "exact"},
+    "auto": {"method": "auto"},
+    "ivf": {"method": "ivf"},
+    "hnsw": {"method": "hnsw"},
+    "faiss-ivf": {"method": "ivf", "backend": "faiss"},
+    "ivf-infomap": {"method": "ivf"},
+}
+
+
+class _StepRecorder(logging.Handler):
+    """Collects ``"<step> done in <s> s"`` messages of robustreid.clustering."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.steps: list[tuple[str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "%s done in %.1f s" and record.args:
+            name, seconds = record.args  # type: ignore[misc]
+            self.steps.append((str(name), float(seconds)))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Child process: run one backend on one feature file, write a JSON report."""
+    recorder = _StepRecorder()
+    root = logging.getLogger("robustreid.clustering")
+    root.setLevel(logging.DEBUG)
+    root.addHandler(recorder)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO)
+    console.setFormatter(logging.Formatter("    %(asctime)s %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    backend = args.backend
+    options: dict[str, Any] = dict(BACKENDS[backend])
+    method = options.pop("method")
+    if args.reduce_dim is not None:
+        options["reduce_dim"] = args.reduce_dim
+    features = open_features(args.features)
+    n = len(features)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    k_search = K1 if backend == "ivf-infomap" else 2 * K1
+    dist, idx = knn(features, k_search, method=method, device=args.device, **options)
+    times["knn"] = time.perf_counter() - t0
+    np.save(args.out + ".knn.npy", idx[:, :K1])
+    t1 = time.perf_counter()
+    if backend == "ivf-infomap":
+        labels = infomap_labels(dist, idx, k=K1, min_similarity=0.5, min_size=2)
+        times["infomap"] = time.perf_counter() - t1
+    else:
+        jac = jaccard_distance_from_knn(features, dist, idx, K1, K2)
+        del dist, idx
+        t2 = time.perf_counter()
+        times["jaccard"] = t2 - t1
+        labels = dbscan_sparse(jac, EPS, MIN_SAMPLES)
+        times["dbscan"] = time.perf_counter() - t2
+    times["total"] = time.perf_counter() - t0
+    np.save(args.out + ".labels.npy", labels)
+    report = {"backend": backend, "n": n, "times_s": times, "steps": recorder.steps,
+              "peak_rss_mb": _peak_rss_mb(),
+              "clusters": int(labels.max()) + 1 if (labels >= 0).any() else 0,
+              "outliers": int((labels < 0).sum())}
+    Path(args.out + ".json").write_text(json.dumps(report, indent=1))
+
+
+def exact_query_neighbours(features: Any, queries: np.ndarray, k: int,
+                           chunk: int = 32768) -> np.ndarray:
+    """``(q, k)`` exact nearest rows of the ``queries`` rows (brute force, float32)."""
+    q = torch.from_numpy(rows_float32(features, queries))
+    n = len(features)
+    best_d = torch.full((len(queries), k), float("inf"))
+    best_i = torch.zeros((len(queries), k), dtype=torch.int64)
+    buf = np.empty((min(chunk, n), features.shape[1]), dtype=np.float32)
+    for s in range(0, n, chunk):
+        block = torch.from_numpy(rows_float32(features, slice(s, s + chunk), buf))
+        d2 = (block * block).sum(1)[None, :] - 2.0 * q @ block.T
+        d = torch.cat([best_d, d2], 1)
+        i = torch.cat([best_i, torch.arange(s, s + len(block)).expand(len(queries), -1)], 1)
+        best_d, pos = torch.topk(d, k, dim=1, largest=False)
+        best_i = torch.gather(i, 1, pos)
+    return best_i.numpy()
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each row's exact neighbours among its approximate ones."""
+    hits = sum(len(np.intersect1d(a, b)) for a, b in zip(approx, exact, strict=True))
+    return hits / exact.size
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, torch threads "
+            f"{torch.get_num_threads()}, {platform.system()} {platform.release()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--backends", nargs="+", default=["exact", "ivf"], choices=list(BACKENDS))
+    ap.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    ap.add_argument("--dim", type=int, default=2048)
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--exact-max", type=int, default=100_000,
+                    help="largest N the exact backend runs at")
+    ap.add_argument("--reduce-dim", type=int, default=None, help="knn reduce_dim override")
+    ap.add_argument("--groups", type=int, default=64,
+                    help="appearance groups of the generator (1: no group level)")
+    ap.add_argument("--workdir", default="/tmp/robustreid_clustering_scale")
+    ap.add_argument("--device", default=None, help="torch device (e.g. cuda); default CPU")
+    ap.add_argument("--json", default=None, help="write the raw results to this file")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the feature files")
+    # internal: the child process
+    ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--features", help=argparse.SUPPRESS)
+    ap.add_argument("--backend", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._worker:
+        worker(args)
+        return
+
+    from sklearn.metrics import adjusted_rand_score
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    info = {"machine": machine(), "load_average_start": os.getloadavg(),
+            "dtype": args.dtype, "dim": args.dim, "groups": args.groups,
+            "k1": K1, "k2": K2, "eps": EPS, "min_samples": MIN_SAMPLES,
+            "queries": args.queries, "device": args.device or "cpu", "results": []}
+    print(f"machine: {info['machine']}; load average {info['load_average_start']}")
+    for n in args.sizes:
+        tag = f"n{n}_d{args.dim}_{args.dtype}_g{args.groups}_s{args.seed}"
+        feat_path = work / f"{tag}.npy"
+        t = time.perf_counter()
+        synth = reid_like_features(n, args.dim, num_groups=args.groups,
+                                   dtype=np.dtype(args.dtype).type, out=feat_path,
+                                   seed=args.seed)
+        ids = synth.identities
+        del synth
+        t_gen = time.perf_counter() - t
+        features = open_features(feat_path)
+        rng = np.random.default_rng(args.seed + 1)
+        queries = np.sort(rng.choice(n, size=min(n, args.queries), replace=False))
+        cache = work / f"{tag}.exact_q{len(queries)}.npy"
+        t = time.perf_counter()
+        if cache.exists():
+            exact_q = np.load(cache)
+        else:
+            exact_q = exact_query_neighbours(features, queries, K1)
+            np.save(cache, exact_q)
+        t_exact_q = time.perf_counter() - t
+        print(f"N={n}: {ids.max() + 1} identities, features {feat_path.stat().st_size / 2**30:.1f}"
+              f" GiB ({t_gen:.0f} s), exact neighbours of {len(queries)} queries "
+              f"({t_exact_q:.0f} s)", flush=True)
+        exact_labels = None
+        exact_total = None
+        for backend in args.backends:
+            if backend == "exact" and n > args.exact_max:
+                print(f"  {backend:12s} skipped (N > --exact-max {args.exact_max})")
+                continue
+            out = str(work / f"{tag}.{backend}")
+            cmd = [sys.executable, __file__, "--_worker", "--features", str(feat_path),
+                   "--backend", backend, "--out", out]
+            if args.device:
+                cmd += ["--device", args.device]
+            if args.reduce_dim is not None:
+                cmd += ["--reduce-dim", str(args.reduce_dim)]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True)
+            wall = time.perf_counter() - t
+            rep = json.loads(Path(out + ".json").read_text())
+            labels = np.load(out + ".labels.npy")
+            knn_idx = np.load(out + ".knn.npy")
+            rep["recall_at_k1"] = recall_at_k(knn_idx[queries, :K1], exact_q)
+            rep["ari_truth"] = float(adjusted_rand_score(ids, labels))
+            rep["process_wall_s"] = wall
+            rep["load_average_end"] = os.getloadavg()
+            if backend == "exact":
+                exact_labels, exact_total = labels, rep["times_s"]["total"]
+            elif exact_labels is not None:
+                rep["ari_vs_exact"] = float(adjusted_rand_score(exact_labels, labels))
+                rep["time_ratio_vs_exact"] = rep["times_s"]["total"] / exact_total
+            info["results"].append(rep)
+            steps = ", ".join(f"{k} {v:.1f}" for k, v in rep["times_s"].items())
+            extra = ""
+            if "ari_vs_exact" in rep:
+                extra = (f", ARI vs exact {rep['ari_vs_exact']:.4f}, time x"
+                         f"{rep['time_ratio_vs_exact']:.3f} of exact")
+            print(f"  {backend:12s} {steps} s | peak RSS {rep['peak_rss_mb'] / 1024:.2f} GiB | "
+                  f"recall@{K1} {rep['recall_at_k1']:.4f} | {rep['clusters']} clusters, "
+                  f"{rep['outliers']} outliers | ARI truth {rep['ari_truth']:.4f}{extra}",
+                  flush=True)
+            for name, sec in rep["steps"]:
+                print(f"      {sec:7.1f} s  {name}")
+            for suffix in (".labels.npy", ".knn.npy", ".json"):
+                Path(out + suffix).unlink(missing_ok=True)
+        if not args.keep:
+            feat_path.unlink(missing_ok=True)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main()
