@@ -13,8 +13,8 @@ runs the whole pseudo-labelling (kNN -> Jaccard -> DBSCAN, eps 0.6, min_samples 
 k2 6) **in its own child process** reading the file as a memory map, which reports
 
 * the wall time of each step (the kNN's projection / search / re-ranking steps included),
-* its peak resident memory (``ru_maxrss`` of the child: everything it touched, the pages of
-  the memory-mapped features included),
+* its peak resident memory (``VmHWM`` of the child: everything it touched, the pages of the
+  memory-mapped features included),
 * kNN recall@k1: for ``--queries`` sampled rows, the share of their exact ``k1`` nearest
   neighbours (brute force in the full dimension, computed once per N and cached in the
   workdir) found among the first ``k1`` columns of the backend's kNN,
@@ -80,6 +80,15 @@ class _StepRecorder(logging.Handler):
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB: ``VmHWM`` of /proc/self/status (the
+    high-water mark of this program's own address space). ``ru_maxrss`` is only the fallback:
+    on Linux it keeps the parent's peak across fork + exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

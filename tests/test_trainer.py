@@ -352,3 +352,24 @@ def test_in_batch_csa_trains_jointly_and_resumes_exactly(tiny_data, tmp_path):
                                         (full.update, resumed.update)):
         for key, value in module_full.state_dict().items():
             torch.testing.assert_close(module_resumed.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_features_streamed_to_disk_and_infomap_clustering(tiny_data, tmp_path):
+    pytest.importorskip("infomap")
+    ram = make_trainer(tiny_config(tmp_path / "ram", "train.epochs=1"), tiny_data)
+    in_memory = ram.extract_train_features()
+    cfg = tiny_config(tmp_path / "disk", "train.epochs=1", "train.eval_every=0",
+                      "cluster.features_on_disk=true", "cluster.feature_dtype=float16",
+                      "cluster.method=infomap", "cluster.infomap_min_sim=0.3")
+    trainer = make_trainer(cfg, tiny_data)
+    on_disk = trainer.extract_train_features()
+    path = tmp_path / "disk" / "train_features.npy"
+    stored = np.load(path, mmap_mode="r")
+    assert stored.dtype == np.float16 and stored.shape == tuple(in_memory.shape)
+    assert on_disk.dtype == torch.float16
+    assert torch.allclose(on_disk.float(), in_memory, atol=2e-3)
+    assert trainer.labeller.method == "infomap"
+    state = trainer.fit()
+    record = state.history[-1]
+    assert record["clusters"] >= 2  # InfoMap clusters fed the memory and training
+    assert np.isfinite(record["loss"])

@@ -1,7 +1,8 @@
 """Progress and timing messages of the pseudo-labelling steps (``logging``, never ``print``).
 
 Every step of a long input (``N >= LONG_INPUT`` rows) logs at ``INFO`` when it starts, how far
-it is at most every ``interval`` seconds (and at least at every 10 %), and how long it took;
+it is (at every 10 % and at least every ``interval`` seconds, once it has run ``quiet``
+seconds), and how long it took;
 short inputs log the same at ``DEBUG``, so a small test or a Market-sized epoch stays quiet.
 """
 
@@ -11,10 +12,12 @@ import logging
 import time
 from types import TracebackType
 
-__all__ = ["LONG_INPUT", "Step"]
+__all__ = ["LONG_INPUT", "QUIET_SECONDS", "Step"]
 
 # Inputs with at least this many rows log their steps at INFO level.
 LONG_INPUT = 50_000
+# A step logs no progress in its first seconds (a short step's timing says enough).
+QUIET_SECONDS = 5.0
 
 
 class Step:
@@ -26,11 +29,14 @@ class Step:
         n: number of rows of the input (selects ``INFO`` or ``DEBUG``).
         total: units of work for the progress messages (``None``: no progress, only timing).
         interval: seconds between two progress messages at most (also one per 10 %).
+        quiet: no progress message in the first ``quiet`` seconds of the step (default
+            :data:`QUIET_SECONDS`).
     """
 
     def __init__(self, log: logging.Logger, name: str, n: int, total: int | None = None,
-                 interval: float = 30.0) -> None:
+                 interval: float = 30.0, quiet: float | None = None) -> None:
         self.log, self.name, self.total, self.interval = log, name, total, interval
+        self.quiet = QUIET_SECONDS if quiet is None else quiet
         self.level = logging.INFO if n >= LONG_INPUT else logging.DEBUG
         self.done = 0
         self.start = self.last = 0.0
@@ -49,6 +55,10 @@ class Step:
             return
         now = time.perf_counter()
         fraction = self.done / self.total
+        if now - self.start < self.quiet:  # a short step: its timing says enough
+            while self.next_fraction <= fraction:
+                self.next_fraction += 0.1
+            return
         if now - self.last >= self.interval or (fraction >= self.next_fraction
                                                  and fraction < 1.0):
             elapsed = now - self.start

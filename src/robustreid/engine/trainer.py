@@ -271,6 +271,8 @@ class Trainer:
 
         start = time.perf_counter()
         epoch_labels = self.assign_labels(features, epoch)
+        # the memory stage works in float32 (a no-op for float32 features, also on disk)
+        features = features.float()
         record.update(time_cluster=time.perf_counter() - start,
                       clusters=epoch_labels.num_clusters, outliers=epoch_labels.num_outliers)
         ctx = EpochContext(epoch, record, features, epoch_labels)
@@ -316,8 +318,19 @@ class Trainer:
             channels_last=self.cfg.train.channels_last, desc=f"extract {split}")
 
     def extract_train_features(self) -> torch.Tensor:
-        """(N, D) L2-normalised features of every training image (eval mode, test transform)."""
-        return self._embed("train")
+        """(N, D) L2-normalised features of every training image (eval mode, test transform).
+
+        With ``cluster.features_on_disk`` they are streamed batch by batch into
+        ``<output_dir>/train_features.npy`` (``cluster.feature_dtype``) and returned as a
+        tensor over that memory map."""
+        cl = self.cfg.cluster
+        if not cl.features_on_disk:
+            return self._embed("train")
+        return embed_decoded(
+            self.model, self.images("train"), batch_size=self.cfg.data.test_batch_size,
+            device=self.device, flip=False, channels_last=self.cfg.train.channels_last,
+            desc="extract train", out=self.out_dir / "train_features.npy",
+            out_dtype=np.float16 if cl.feature_dtype == "float16" else np.float32)
 
     def assign_labels(self, features: torch.Tensor, epoch: int) -> EpochLabels:
         """Pseudo-labels of the training images for ``epoch`` (1-based), by the labeller."""

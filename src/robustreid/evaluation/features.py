@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -86,15 +88,29 @@ def embed_decoded(
     flip: bool = False,
     channels_last: bool = False,
     desc: str = "extract",
+    out: str | Path | None = None,
+    out_dtype: type[np.floating] = np.float32,
 ) -> torch.Tensor:
     """Embed images decoded once (:class:`~robustreid.data.decoded.DecodedImages`).
 
     The same features as :func:`extract_features` with the test transform, without decoding
     the files again. A progress bar shows on a terminal (stderr) only.
 
+    Args:
+        out: a ``.npy`` path: each batch's features are written to this file (a memory map of
+            ``out_dtype``) as soon as they are computed, instead of being collected in RAM;
+            the file is replaced.
+        out_dtype: ``np.float32`` or ``np.float16``, the file's dtype (with ``out`` only).
+
     Returns:
-        (N, D) float32 tensor on the CPU, rows L2-normalised, in the order of ``images``.
+        (N, D) float32 tensor on the CPU, rows L2-normalised, in the order of ``images``; with
+        ``out``, a tensor of ``out_dtype`` sharing the memory map of the file (its pages are
+        read on use and may be dropped by the OS; do not write to it).
     """
+    if out is not None:
+        return _embed_to_file(model, images, batch_size=batch_size, device=device, flip=flip,
+                              channels_last=channels_last, desc=desc, out=Path(out),
+                              out_dtype=out_dtype)
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -110,3 +126,35 @@ def embed_decoded(
     finally:
         model.train(was_training)
     return torch.cat(chunks)
+
+
+@torch.no_grad()
+def _embed_to_file(model: nn.Module, images: DecodedImages, *, batch_size: int,
+                   device: str | torch.device, flip: bool, channels_last: bool, desc: str,
+                   out: Path, out_dtype: type[np.floating]) -> torch.Tensor:
+    """:func:`embed_decoded` streaming the features into the ``.npy`` file ``out``."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    n = len(images)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mm: np.memmap | None = None
+    try:
+        starts = range(0, n, batch_size)
+        for start in tqdm(starts, desc=desc, leave=False, disable=not sys.stderr.isatty()):
+            batch = images.images[start:start + batch_size].to(device, non_blocking=True)
+            batch = normalize_uint8(batch)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            feats = embed_batch(model, batch, flip).cpu().numpy()
+            if mm is None:  # the dimension is known after the first batch
+                mm = np.lib.format.open_memmap(out, mode="w+", dtype=out_dtype,
+                                               shape=(n, feats.shape[1]))
+            mm[start:start + len(feats)] = feats
+    finally:
+        model.train(was_training)
+    if mm is None:
+        raise ValueError("embed_decoded: no images given")
+    mm.flush()
+    del mm
+    return torch.from_numpy(np.load(out, mmap_mode="r+"))
