@@ -100,6 +100,9 @@ def test_float16_memmap_input_and_agreement_with_exact(planted, tmp_path):
 def test_auto_choice():
     assert choose_method(AUTO_EXACT_MAX_ROWS, 2048) == "exact"
     assert choose_method(AUTO_EXACT_MAX_ROWS + 1, 2048) == "ivf"
+    assert choose_method(4 * AUTO_EXACT_MAX_ROWS, 128) == "exact"  # same N^2 D budget
+    assert choose_method(1_000_000, 2048, "cuda") == "ivf"
+    assert choose_method(400_000, 2048, "cuda") == "exact"
     x = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
     assert np.array_equal(knn(x, 5, method="auto")[1], knn(x, 5)[1])
 

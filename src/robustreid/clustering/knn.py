@@ -15,8 +15,9 @@ Methods (``method=``)
   when ``device`` is CUDA and faiss has GPU support).
 * ``"hnsw"``: faiss' ``IndexHNSWFlat`` graph (CPU; ``hnsw_m`` links per node,
   ``efConstruction=40``, ``efSearch=max(64, 2 * k)`` unless ``ef_search`` is given).
-* ``"auto"``: ``"exact"`` below :data:`AUTO_EXACT_MAX_ROWS` rows (and whenever ``D`` is
-  already small and ``N`` moderate), else ``"ivf"``.
+* ``"auto"``: ``"exact"`` while the exact search costs at most as much as one of
+  :data:`AUTO_EXACT_MAX_ROWS` rows of 2048 dimensions on the CPU (``N^2 D`` multiply-adds;
+  100 times that on a CUDA device), else ``"ivf"``; see :func:`choose_method`.
 * ``"approx"``: the older name; faiss ``approx_index`` (``"hnsw"`` or ``"ivf"``) on the
   features as they are (no projection or re-ranking unless asked for).
 
@@ -52,16 +53,20 @@ except ImportError:  # pragma: no cover - exercised only without faiss
     faiss = None
 
 __all__ = ["knn", "faiss_available", "validate_features", "choose_method", "AUTO_EXACT_MAX_ROWS",
-           "KNN_METHODS"]
+           "AUTO_GPU_FACTOR", "KNN_METHODS"]
 
 logger = logging.getLogger(__name__)
 
 KNN_METHODS = ("auto", "exact", "ivf", "hnsw", "approx")
 _BACKENDS = ("auto", "faiss", "torch")
-# "auto" searches exactly up to this many rows (the exact search of 50,000 x 2048 features
-# takes about 1 minute on 2 CPU cores; above it the approximate search wins, see
-# docs/RESULTS.md); Market-1501 and MSMT17 stay exact, bit for bit the classic result.
+# "auto" searches exactly up to this many rows of 2048 dimensions on the CPU (the exact search
+# of 50,000 x 2048 features takes about 1 minute on 2 CPU cores, against about 15 s for the
+# approximate one; docs/RESULTS.md); Market-1501 and MSMT17 stay exact, bit for bit the
+# classic result. Other dimensions: the same N^2 D budget.
 AUTO_EXACT_MAX_ROWS = 50_000
+# A CUDA device gets this many times the CPU budget for the exact search (not measured here:
+# no GPU was available when it was set; an H100-class GPU multiplies about 100x faster).
+AUTO_GPU_FACTOR = 100
 # default dimension of the projection before an approximate search, and its candidates
 DEFAULT_REDUCE_DIM = 256
 DEFAULT_CANDIDATES = 100
@@ -180,10 +185,16 @@ def _knn_faiss_ivf(
     return _pad_missing(*index.search(x, k))
 
 
-def choose_method(n: int, dim: int) -> str:
-    """The method ``"auto"`` picks for ``n`` rows of dimension ``dim``: ``"exact"`` up to
-    :data:`AUTO_EXACT_MAX_ROWS` rows, else ``"ivf"`` (with ``faiss`` or ``torch``)."""
-    return "exact" if n <= AUTO_EXACT_MAX_ROWS else "ivf"
+def choose_method(n: int, dim: int, device: torch.device | str = "cpu") -> str:
+    """The method ``"auto"`` picks for ``n`` rows of dimension ``dim`` on ``device``.
+
+    ``"exact"`` while ``n^2 * dim`` is at most ``AUTO_EXACT_MAX_ROWS^2 * 2048`` (times
+    :data:`AUTO_GPU_FACTOR` on a CUDA device), else ``"ivf"``.
+    """
+    budget = float(AUTO_EXACT_MAX_ROWS) ** 2 * 2048
+    if torch.device(device).type == "cuda":
+        budget *= AUTO_GPU_FACTOR
+    return "exact" if float(n) ** 2 * max(1, dim) <= budget else "ivf"
 
 
 def _check_int(name: str, value: Any, low: int, allow_none: bool = True) -> int | None:
@@ -268,7 +279,7 @@ def knn(
     if backend == "faiss" and faiss is None:
         raise ValueError("backend='faiss' requested but faiss is not installed")
     if method == "auto":
-        method = choose_method(n, dim)
+        method = choose_method(n, dim, dev)
     if method == "approx":
         if approx_index not in ("hnsw", "ivf"):
             raise ValueError(f"approx_index must be 'hnsw' or 'ivf', got {approx_index!r}")
@@ -326,12 +337,12 @@ def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backen
     order = None
     use_faiss = backend == "faiss" or method == "hnsw"
     if method == "ivf" and not use_faiss:
-        dist, idx, order = ivf_knn(y, r, nlist=nlist,
-                                   nprobe=32 if nprobe is None else nprobe, seed=seed,
+        dist, idx, order = ivf_knn(y, r, nlist=nlist, nprobe=nprobe, seed=seed,
                                    device=dev, low_precision=None if refine else False,
                                    n_log=n)
         if not refine:
             return dist[:, :k], idx[:, :k]
+        del dist  # distances in the projected space: re-ranking replaces them
     else:
         name = "HNSW" if method == "hnsw" else "faiss IVF"
         with Step(logger, f"{name} search (k={r}, {y.shape[1]}-d)", n):
