@@ -12,7 +12,8 @@ file of ``--dtype`` in ``--workdir``; no ``N x N`` array is formed anywhere. The
 runs the whole pseudo-labelling (kNN -> Jaccard -> DBSCAN, eps 0.6, min_samples 4, k1 30,
 k2 6) **in its own child process** reading the file as a memory map, which reports
 
-* the wall time of each step (the kNN's projection / search / re-ranking steps included),
+* the wall time of each step of ``pseudo_labels`` (the kNN's projection / search /
+  re-ranking steps included; the total is the wall time of the whole call),
 * its peak resident memory (``VmHWM`` of the child: everything it touched, the pages of the
   memory-mapped features included),
 * kNN recall@k1: for ``--queries`` sampled rows, the share of their exact ``k1`` nearest
@@ -45,13 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustreid.clustering import (
-    dbscan_sparse,
-    infomap_labels,
-    jaccard_distance_from_knn,
-    knn,
-    open_features,
-)
+from robustreid.clustering import open_features, pseudo_labels
 from robustreid.clustering.arrays import rows_float32
 from robustreid.clustering.synthetic import reid_like_features
 
@@ -71,12 +66,23 @@ class _StepRecorder(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.steps: list[tuple[str, float]] = []
+        self.steps: list[tuple[str, str, float]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg == "%s done in %.1f s" and record.args:
             name, seconds = record.args  # type: ignore[misc]
-            self.steps.append((str(name), float(seconds)))
+            self.steps.append((record.name, str(name), float(seconds)))
+
+
+def _stage(logger_name: str, step: str) -> str:
+    """The stage a step belongs to: knn, jaccard, dbscan, infomap or total."""
+    if step.startswith("pseudo-labels"):
+        return "total"
+    if step.startswith(("DBSCAN", "InfoMap")):
+        return step.split()[0].lower()
+    if logger_name.endswith("jaccard") or step.startswith("renumbering"):
+        return "jaccard"
+    return "knn"
 
 
 def _peak_rss_mb() -> float:
@@ -109,26 +115,21 @@ def worker(args: argparse.Namespace) -> None:
         options["reduce_dim"] = args.reduce_dim
     features = open_features(args.features)
     n = len(features)
-    times: dict[str, float] = {}
     t0 = time.perf_counter()
-    k_search = K1 if backend == "ivf-infomap" else 2 * K1
-    dist, idx = knn(features, k_search, method=method, device=args.device, **options)
-    times["knn"] = time.perf_counter() - t0
+    labels, _, idx = pseudo_labels(
+        features, EPS, MIN_SAMPLES, K1, K2, knn_method=method, device=args.device,
+        method="infomap" if backend == "ivf-infomap" else "dbscan", knn_options=options,
+        return_knn=True)
+    wall = time.perf_counter() - t0
     np.save(args.out + ".knn.npy", idx[:, :K1])
-    t1 = time.perf_counter()
-    if backend == "ivf-infomap":
-        labels = infomap_labels(dist, idx, k=K1, min_similarity=0.5, min_size=2)
-        times["infomap"] = time.perf_counter() - t1
-    else:
-        jac = jaccard_distance_from_knn(features, dist, idx, K1, K2)
-        del dist, idx
-        t2 = time.perf_counter()
-        times["jaccard"] = t2 - t1
-        labels = dbscan_sparse(jac, EPS, MIN_SAMPLES)
-        times["dbscan"] = time.perf_counter() - t2
-    times["total"] = time.perf_counter() - t0
     np.save(args.out + ".labels.npy", labels)
-    report = {"backend": backend, "n": n, "times_s": times, "steps": recorder.steps,
+    times: dict[str, float] = {}
+    for logger_name, step, seconds in recorder.steps:
+        stage = _stage(logger_name, step)
+        times[stage] = times.get(stage, 0.0) + seconds
+    times["total"] = wall
+    report = {"backend": backend, "n": n, "times_s": times,
+              "steps": [(step, seconds) for _, step, seconds in recorder.steps],
               "peak_rss_mb": _peak_rss_mb(),
               "clusters": int(labels.max()) + 1 if (labels >= 0).any() else 0,
               "outliers": int((labels < 0).sum())}

@@ -135,7 +135,8 @@ def _squared_distances(
 
 
 def _weights(
-    x: Any, expanded: sp.csr_matrix, dist: np.ndarray, rank: np.ndarray
+    x: Any, expanded: sp.csr_matrix, dist: np.ndarray, rank: np.ndarray,
+    row_ids: np.ndarray | None = None,
 ) -> sp.csr_matrix:
     """Row-normalised ``exp(-d2)`` over the expanded sets (the matrix ``V``)."""
     n, ks = rank.shape
@@ -154,7 +155,10 @@ def _weights(
     d2[found] = knn_d2[pos[found]]
     miss = ~found
     if miss.any():
-        d2[miss] = _squared_distances(x, rows[miss], cols[miss])
+        r_miss, c_miss = rows[miss], cols[miss]
+        if row_ids is not None:  # internal numbering -> rows of the features
+            r_miss, c_miss = row_ids[r_miss], row_ids[c_miss]
+        d2[miss] = _squared_distances(x, r_miss, c_miss)
     w = np.exp(-d2)
     w /= np.bincount(rows, weights=w, minlength=n)[rows]
     # float32 like the reference softmax (a singleton set gets exactly 1.0)
@@ -275,7 +279,10 @@ def _jaccard_core(
     k1: int,
     k2: int,
     dtype: type[np.floating],
+    row_ids: np.ndarray | None = None,
 ) -> sp.csr_matrix:
+    """See :func:`jaccard_distance_from_knn`; ``row_ids[i]``: the feature row of index ``i``
+    of ``distances`` / ``indices`` (``None``: ``i`` itself)."""
     n = num_rows(x)
     rank = np.asarray(indices, dtype=np.int64)
     dist = np.asarray(distances, dtype=np.float32)
@@ -291,7 +298,7 @@ def _jaccard_core(
     with Step(logger, f"Jaccard: k-reciprocal sets (N={n}, k1={k1})", n):
         expanded = _expanded_sets(rank, n, k1)
     with Step(logger, f"Jaccard: weights ({expanded.nnz / n:.1f} per row)", n):
-        v = _weights(x, expanded, dist, rank)
+        v = _weights(x, expanded, dist, rank, row_ids)
         v.eliminate_zeros()  # (only if a weight underflowed: the min-sum needs positive entries)
     del expanded
     if k2 != 1:

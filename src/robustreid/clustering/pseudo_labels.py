@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.sparse.csgraph import reverse_cuthill_mckee
 from sklearn.cluster import DBSCAN
 
 from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
 from .graph_clustering import infomap_labels
 from .jaccard import _jaccard_core, check_k
-from .knn import knn
+from .knn import choose_method, knn
 from .progress import Step
 
 __all__ = ["pseudo_labels", "dbscan_sparse", "relabel_consecutive", "CLUSTER_METHODS"]
@@ -79,7 +80,8 @@ def pseudo_labels(
     infomap_min_similarity: float = 0.5,
     infomap_min_size: int = 2,
     seed: int = 0,
-) -> np.ndarray:
+    return_knn: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster ``features`` into pseudo-identities (cluster-contrast style).
 
     ``method="dbscan"``: kNN (``2 k1`` columns), k-reciprocal Jaccard distance, DBSCAN.
@@ -104,9 +106,12 @@ def pseudo_labels(
         infomap_min_similarity: cosine similarity an InfoMap link needs.
         infomap_min_size: InfoMap clusters smaller than this are outliers.
         seed: seed of the approximate search and of InfoMap.
+        return_knn: also return the kNN the labels were computed from.
 
     Returns:
-        ``(N,)`` int64 labels ``0..C-1`` numbered by first occurrence, ``-1`` = outlier.
+        ``(N,)`` int64 labels ``0..C-1`` numbered by first occurrence, ``-1`` = outlier; with
+        ``return_knn``, ``(labels, distances, indices)`` with the ``(N, K)`` kNN (``K = 2 k1``,
+        ``k1`` for InfoMap).
     """
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be one of {CLUSTER_METHODS}, got {method!r}")
@@ -131,10 +136,49 @@ def pseudo_labels(
         dist, idx = knn(features, k_search, method=knn_method, device=device,
                         check_finite=False, **options)
         if method == "infomap":
-            return infomap_labels(dist, idx, k=k1, min_similarity=infomap_min_similarity,
-                                  min_size=infomap_min_size, seed=seed)
+            labels = infomap_labels(dist, idx, k=k1, min_similarity=infomap_min_similarity,
+                                    min_size=infomap_min_size, seed=seed)
+            return (labels, dist, idx) if return_knn else labels
+        resolved = (choose_method(n, int(features.shape[1]), _device_of(features, device))
+                    if knn_method == "auto" else knn_method)
+        knn_out = (dist, idx)
+        perm = None
+        if resolved != "exact":
+            # number the rows so that neighbours get close numbers: the sparse products of
+            # the Jaccard distance and DBSCAN then read memory in order (about 2x faster at a
+            # million rows); the exact path keeps the classic numbering, bit for bit
+            with Step(logger, "renumbering the rows by kNN locality", n):
+                perm, dist, idx = _renumber(dist, idx, k1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            jac = _jaccard_core(features, dist, idx, k1, k2, np.float32)
+            jac = _jaccard_core(features, dist, idx, k1, k2, np.float32, row_ids=perm)
         del dist, idx
-        return dbscan_sparse(jac, eps, int(min_samples))
+        labels = dbscan_sparse(jac, eps, int(min_samples))
+        del jac
+        if perm is not None:
+            out = np.empty(n, dtype=np.int64)
+            out[perm] = labels
+            labels = relabel_consecutive(out)
+        return (labels, *knn_out) if return_knn else labels
+
+
+def _device_of(features: Any, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(features, torch.Tensor):
+        return features.device
+    return torch.device("cpu")
+
+
+def _renumber(dist: np.ndarray, idx: np.ndarray, k: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A bandwidth-reducing numbering of the kNN graph (reverse Cuthill-McKee on its first
+    ``k`` columns): ``(perm, dist[perm], new indices)`` with ``perm[new] = old``."""
+    n = len(idx)
+    cols = min(k, idx.shape[1])
+    graph = sp.csr_matrix((np.ones(n * cols, dtype=np.int8), idx[:, :cols].ravel(),
+                           np.arange(0, n * cols + 1, cols, dtype=np.int64)), shape=(n, n))
+    perm = reverse_cuthill_mckee(graph, symmetric_mode=False).astype(np.int64)
+    new_of_old = np.empty(n, dtype=np.int64)
+    new_of_old[perm] = np.arange(n, dtype=np.int64)
+    return perm, dist[perm], new_of_old[idx[perm]]
