@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(train, "configs/synthperson.yaml")
     train.add_argument("--resume", action="store_true",
                        help="continue from output_dir/last.pth if it exists")
+    train.epilog = ("Several GPUs or machines: torchrun --nproc_per_node=N -m robustreid train "
+                    "... (README, 'Training on several GPUs and nodes').")
 
     demo = sub.add_parser(
         "demo", help="generate SynthPerson if missing and train on it",
@@ -131,9 +133,13 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _start_run(cfg: Config, name: str) -> Path:
+    from robustreid.distributed import is_main_process
     from robustreid.utils import setup_logging
 
     out = Path(cfg.output_dir)
+    if not is_main_process():  # under torchrun only rank 0 writes the folder and the log
+        setup_logging(level=logging.ERROR)
+        return out
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out / f"{name}.log")
     save_config(cfg, out / "config.yaml")
@@ -285,15 +291,18 @@ def _with_checkpoint_model(cfg: Config, ckpt: dict[str, Any], checkpoint: str) -
 def train_config(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Build data, model and trainer from ``cfg`` and train; returns the last epoch's record."""
     from robustreid.data import build_configured_data
+    from robustreid.distributed import is_main_process, local_device
     from robustreid.engine.trainer import Trainer
     from robustreid.utils import resolve_device, seed_everything
 
     seed_everything(cfg.seed)
     data = build_configured_data(cfg.data)
-    device = resolve_device(cfg.device)
+    device = local_device(resolve_device(cfg.device))  # under torchrun: cuda:LOCAL_RANK
     trainer = Trainer(cfg, build_configured_model(cfg), data, device)
     state = trainer.fit(resume=resume)
     first, last = state.history[0], state.history[-1]
+    if not is_main_process():
+        return last
     print(f"{cfg.data.dataset}: {cfg.model.arch}, {state.epoch} epochs, outputs in "
           f"{cfg.output_dir}")
     if data.has_test_split:
@@ -312,15 +321,23 @@ def train_config(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from robustreid.distributed import process_group
+    from robustreid.utils import resolve_device
+
     cfg = _load(args)
-    _start_run(cfg, "train")
-    train_config(cfg, resume=args.resume)
+    # under torchrun: one process group for the run (NCCL on GPUs, gloo on the CPU)
+    with process_group(resolve_device(cfg.device), cfg.train.dist_timeout):
+        _start_run(cfg, "train")
+        train_config(cfg, resume=args.resume)
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from robustreid.data.synth import SynthConfig, generate_synthperson
+    from robustreid.distributed import launched_by_torchrun
 
+    if launched_by_torchrun():
+        raise UserError("the demo runs in one process: use 'robustreid train' under torchrun")
     cfg = _load(args)
     _start_run(cfg, "demo")
     if cfg.data.dataset != "synthperson":
@@ -359,11 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers.update({name: module.run for name, module in _command_modules().items()})
     # A user error (bad configuration, file, folder or value; robustreid.errors.UserError)
     # is one line and exit status 2. Anything else is a bug and keeps its traceback (exit 1).
+    from robustreid.distributed import DistributedError
+
     try:
         return handlers[args.command](args)
     except UserError as err:
         print(f"robustreid {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except DistributedError as err:  # a peer process failed or hangs: say so, in one line
+        print(f"robustreid {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -209,6 +209,11 @@ class TrainConfig:
     # Train on the true identities instead of pseudo-labels (the supervised upper bound).
     supervised: bool = False
     log_every: int = field(default=50, metadata={"ge": 1})
+    # Several processes (torchrun): BatchNorm over the global batch (SyncBatchNorm), and the
+    # longest a collective waits for the other processes before the run stops with an error
+    # (seconds; rank 0 clusters and ranks alone meanwhile, so keep it above that time).
+    sync_bn: bool = True
+    dist_timeout: float = field(default=1800.0, metadata={"gt": 0})
 
 
 @dataclass

@@ -86,22 +86,33 @@ def embed_decoded(
     flip: bool = False,
     channels_last: bool = False,
     desc: str = "extract",
+    shard: tuple[int, int] = (0, 1),
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """Embed images decoded once (:class:`~robustreid.data.decoded.DecodedImages`).
 
     The same features as :func:`extract_features` with the test transform, without decoding
-    the files again. A progress bar shows on a terminal (stderr) only.
+    the files again. A progress bar shows when ``progress`` (default: stderr is a terminal).
+
+    Args:
+        shard: ``(rank, world)``: embed only the batches ``rank, rank + world, ...`` of
+            ``batch_size`` images (:func:`robustreid.distributed.round_robin_blocks`), each
+            exactly as the whole run embeds it; ``(0, 1)`` = every image.
 
     Returns:
-        (N, D) float32 tensor on the CPU, rows L2-normalised, in the order of ``images``.
+        (N, D) float32 tensor on the CPU, rows L2-normalised, in the order of ``images``
+        (with a shard: the shard's rows, in order).
     """
     device = torch.device(device)
+    rank, world = shard
     was_training = model.training
     model.eval()
     chunks = []
+    if progress is None:
+        progress = sys.stderr.isatty()
     try:
-        starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, desc=desc, leave=False, disable=not sys.stderr.isatty()):
+        starts = range(rank * batch_size, len(images), world * batch_size)
+        for start in tqdm(starts, desc=desc, leave=False, disable=not progress):
             batch = images.images[start:start + batch_size].to(device, non_blocking=True)
             batch = normalize_uint8(batch)
             if channels_last:
@@ -109,4 +120,7 @@ def embed_decoded(
             chunks.append(embed_batch(model, batch, flip).cpu())
     finally:
         model.train(was_training)
+    if not chunks:  # a shard with no batch (more processes than batches)
+        dim = getattr(model, "feature_dim", 0)
+        return torch.zeros(0, dim)
     return torch.cat(chunks)
