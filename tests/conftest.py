@@ -113,3 +113,44 @@ def _empty_torch_home(tmp_path_factory):
         os.environ.pop("TORCH_HOME", None)
     else:
         os.environ["TORCH_HOME"] = previous
+
+
+# ----------------------------------------------------------------- tiny training runs
+from robustreid.config import load_config  # noqa: E402
+from robustreid.data import build_dataset  # noqa: E402
+from robustreid.data.synth import SynthConfig, generate_synthperson  # noqa: E402
+from robustreid.utils import seed_everything  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A tiny SynthPerson set (12 training identities, 2-3 images per camera), generated
+    once per test session."""
+    root = tmp_path_factory.mktemp("synth") / "synthperson"
+    config = SynthConfig.small(seed=1, num_train_ids=12, images_per_camera=(2, 3))
+    generate_synthperson(root, config, progress=False)
+    return build_dataset("synthperson", root)
+
+
+def tiny_config(out, *extra):
+    """A 2-epoch run of 3 steps of 2 x 4 images at 32 x 16 with the tiny backbone."""
+    return load_config("configs/synthperson.yaml", [
+        f"output_dir={out}", "data.height=32", "data.width=16", "data.num_workers=0",
+        "data.test_batch_size=64", "train.epochs=2", "train.iters=3", "train.batch_size=8",
+        "train.num_instances=4", "train.eval_every=1", "cluster.k1=8", "cluster.k2=2",
+        "cluster.min_samples=2", "cluster.eps=0.7", "cluster.camera_normalize=true",
+        f"model.arch={TINY_ARCH}", *extra,
+    ])
+
+
+def make_trainer(cfg, data, **kwargs):
+    """A CPU trainer of the tiny backbone, seeded by ``cfg.seed``."""
+    from robustreid.engine.trainer import Trainer
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model.arch, pretrained="none")
+    return Trainer(cfg, model, data, torch.device("cpu"), **kwargs)
+
+
+class Kill(Exception):
+    """Raised by a test's iteration callback to interrupt a run."""

@@ -12,40 +12,10 @@ import torch
 import robustreid
 import robustreid.engine.trainer as trainer_module
 from robustreid.clustering.labellers import EpochLabels, InstanceWarmup
-from robustreid.config import load_config
-from robustreid.data import build_dataset
-from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.engine.hooks import HookBase
-from robustreid.engine.trainer import Trainer
 from robustreid.evaluation.features import extract_features
-from robustreid.models import build_model
-from robustreid.utils import seed_everything
-from tests.conftest import TINY_ARCH
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth") / "synthperson"
-    config = SynthConfig.small(seed=1, num_train_ids=12, images_per_camera=(2, 3))
-    generate_synthperson(root, config, progress=False)
-    return build_dataset("synthperson", root)
-
-
-def tiny_config(out, *extra):
-    return load_config("configs/synthperson.yaml", [
-        f"output_dir={out}", "data.height=32", "data.width=16", "data.num_workers=0",
-        "data.test_batch_size=64", "train.epochs=2", "train.iters=3", "train.batch_size=8",
-        "train.num_instances=4", "train.eval_every=1", "cluster.k1=8", "cluster.k2=2",
-        "cluster.min_samples=2", "cluster.eps=0.7", "cluster.camera_normalize=true",
-        f"model.arch={TINY_ARCH}", *extra,
-    ])
-
-
-def make_trainer(cfg, data, **kwargs):
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model.arch, pretrained="none")
-    return Trainer(cfg, model, data, torch.device("cpu"), **kwargs)
+from tests.conftest import Kill, make_trainer, tiny_config
 
 
 def test_trains_logs_and_checkpoints(tiny_data, tmp_path):
@@ -78,10 +48,6 @@ def test_trains_logs_and_checkpoints(tiny_data, tmp_path):
     trainer.model.load_state_dict(best["model"])
     expected = extract_features(trainer.model, tiny_data.query[:3], trainer.test_transform)
     torch.testing.assert_close(extractor(images), expected, atol=1e-5, rtol=0)
-
-
-class Kill(Exception):
-    pass
 
 
 def killed_at_epoch_2_then_resumed(cfg, data):

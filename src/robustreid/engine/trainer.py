@@ -481,8 +481,8 @@ class Trainer:
         packed = torch.cat([feats.double(), targets.double()[:, None],
                             rows.to(feats.device).double()[:, None],
                             (loss.double() / batch_size).expand(n)[:, None]], dim=1)
-        sizes = [len(range(batch_size)[batch_share(batch_size, r, self.world_size)])
-                 for r in range(self.world_size)]
+        shares = [batch_share(batch_size, r, self.world_size) for r in range(self.world_size)]
+        sizes = [share.stop - share.start for share in shares]
         packed = all_gather_padded(packed, "gathering the batch for the memory update", sizes)
         d = feats.shape[1]
         return (packed[:, :d].float(), packed[:, d].long(), packed[:, d + 1].long(),
