@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,38 @@ def model_meta(model_cfg: dict[str, Any], height: int, width: int, feature_dim: 
     }
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+def previous_checkpoint_path(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint ``path`` held before the last
+    write (``last.pth`` -> ``last.prev.pth``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any], keep_previous: bool = False
+                    ) -> Path:
     """``torch.save`` ``payload`` (plus the package version) to ``path`` atomically.
 
     The payload must hold only tensors and plain Python values (dicts, lists, tuples,
     numbers, strings), so it loads with ``torch.load(weights_only=True)``.
+
+    With ``keep_previous``, the new file is read back and checked (it loads, with the
+    payload's keys and epoch) before anything is replaced, and the file ``path`` held is
+    then kept as :func:`previous_checkpoint_path` (one generation), so a damaged or lost
+    ``path`` still leaves a full checkpoint to resume from.
     """
+    path = Path(path)
     data = {"robustreid_version": __version__, **payload}
-    return atomic_write(path, lambda handle: torch.save(data, handle))
+
+    def verify_and_keep_previous(tmp: Path) -> None:
+        written = load_checkpoint(tmp)
+        if set(written) != set(data) or written.get("epoch") != data.get("epoch"):
+            raise CheckpointError(f"checkpoint {path} did not read back as written "
+                                  f"(keys {sorted(written)}, epoch {written.get('epoch')})")
+        if path.is_file():
+            os.replace(path, previous_checkpoint_path(path))
+
+    return atomic_write(path, lambda handle: torch.save(data, handle),
+                        before_replace=verify_and_keep_previous if keep_previous else None)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

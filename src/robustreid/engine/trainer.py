@@ -11,12 +11,16 @@ by momentum.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ from robustreid.data.base import ReIDData
 from robustreid.data.decoded import BatchAugment, DecodedImages
 from robustreid.data.sampler import PseudoIdentitySampler
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
-from robustreid.engine.checkpoint import load_checkpoint, model_meta
+from robustreid.engine.checkpoint import model_meta
 from robustreid.engine.hooks import (
     CheckpointHook,
     EpochContext,
@@ -50,7 +54,8 @@ from robustreid.engine.hooks import (
     MetricsWriter,
     StepContext,
 )
-from robustreid.errors import UserError
+from robustreid.engine.rundir import RunDirectory
+from robustreid.errors import RunInterrupted, TrainingDiverged, UserError
 from robustreid.evaluation.evaluate import evaluate_features
 from robustreid.evaluation.features import embed_decoded
 from robustreid.evaluation.ranking import RankingResult
@@ -204,6 +209,7 @@ class Trainer:
         # Every split is decoded and resized once per run, on first use.
         self._decoded: dict[str, DecodedImages] = {}
         self.state = TrainState()
+        self._stop_signal: int | None = None  # set by SIGINT/SIGTERM during fit
         self.hooks: list[HookBase] = []
         # Without query/gallery there is nothing to measure: no mAP, no best.pth; last.pth
         # (the last epoch) is the trained model.
@@ -234,27 +240,102 @@ class Trainer:
             getattr(hook, name)(self, *args)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: bool = False) -> TrainState:
-        """Train for ``cfg.train.epochs`` epochs; with ``resume``, continue from the last
-        checkpoint in the output folder (a fresh start if there is none)."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (self.out_dir / "last.pth").is_file():
-            self._restore(self.out_dir / "last.pth")
-            logger.info("resumed from %s after epoch %d", self.out_dir / "last.pth",
-                        self.state.epoch)
-        self._call("before_train")
-        for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
-            self._seed_epoch(epoch)
-            record = self.train_one_epoch(epoch)
-            with warnings.catch_warnings():
-                # a skipped epoch made no optimiser step; the schedule still follows epochs
-                warnings.filterwarnings("ignore", _SCHEDULER_ORDER_WARNING)
-                self.scheduler.step()
-            self.state.epoch = epoch
-            self._call("after_epoch", record)
-            self.record(record)
-        self._call("after_train")
+    def fit(self, resume: bool = False, overwrite: bool = False,
+            run: RunDirectory | None = None) -> TrainState:
+        """Train for ``cfg.train.epochs`` epochs.
+
+        The output folder is owned for the whole run (:class:`RunDirectory`: a lock; a
+        folder holding a run is refused unless ``resume`` or ``overwrite``). With
+        ``resume``, training continues from the folder's checkpoint (``last.pth``, or the
+        previous one if it is damaged; a fresh start if there is none), after checking that
+        no setting defining the run has changed.
+
+        SIGINT and SIGTERM (when called from the main thread) stop the run after the
+        current step with :class:`~robustreid.errors.RunInterrupted`: ``last.pth`` holds
+        the last finished epoch and ``resume`` repeats the interrupted one exactly. A NaN
+        or infinite loss stops it with :class:`~robustreid.errors.TrainingDiverged`,
+        keeping the last good checkpoint.
+
+        Args:
+            resume, overwrite: see :class:`RunDirectory`.
+            run: an already opened :class:`RunDirectory` (the command line opens it before
+                loading data, so a refused start costs nothing); its checkpoint is
+                restored, and it stays open.
+        """
+        owned = run is None
+        if run is None:
+            run = RunDirectory(self.out_dir, config_to_dict(self.cfg), resume=resume,
+                               overwrite=overwrite)
+        try:
+            if run.checkpoint is not None:
+                self._restore(run.checkpoint)
+                logger.info("resumed from %s after epoch %d", run.resume_path,
+                            self.state.epoch)
+            with self._stop_on_signals():
+                self._decode_splits()
+                self._call("before_train")
+                for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
+                    self._check_stop(epoch, "before the epoch")
+                    self._seed_epoch(epoch)
+                    record = self.train_one_epoch(epoch)
+                    with warnings.catch_warnings():
+                        # a skipped epoch made no optimiser step; the schedule still
+                        # follows epochs
+                        warnings.filterwarnings("ignore", _SCHEDULER_ORDER_WARNING)
+                        self.scheduler.step()
+                    self.state.epoch = epoch
+                    self._call("after_epoch", record)
+                    self.record(record)
+                self._call("after_train")
+        finally:
+            if owned:
+                run.close()
         return self.state
+
+    # ------------------------------------------------------------------ stopping
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM set a flag that the loop checks after every step and phase; a
+        second signal stops at once (KeyboardInterrupt). Only from the main thread (where
+        Python delivers signals); elsewhere the process's handlers stay as they are."""
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: object) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            logger.warning("%s received: stopping after the current step (send it again to "
+                           "stop at once)", signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _check_stop(self, epoch: int, where: str) -> None:
+        """Raise :class:`RunInterrupted` if a stop signal arrived."""
+        signum = self._stop_signal
+        if signum is None:
+            return
+        last = self.out_dir / "last.pth"
+        kept = (f"{last} holds epoch {self.state.epoch}" if self.state.epoch else
+                "no epoch had finished, so there is no checkpoint yet")
+        raise RunInterrupted(
+            f"stopped by {signal.Signals(signum).name} in epoch {epoch} ({where}); {kept}. "
+            "Rerun with --resume to continue: the interrupted epoch is repeated exactly",
+            signum)
+
+    def _decode_splits(self) -> None:
+        """Decode every split up front, so that an unreadable image stops the run before
+        the first evaluation or epoch (decoding is needed by both anyway)."""
+        for split in ("train", "query", "gallery"):
+            if getattr(self.data, split):
+                self.images(split)
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch of the method: extract, pseudo-label, initialise memory, train."""
@@ -267,6 +348,7 @@ class Trainer:
         epoch_labels = self.assign_labels(features, epoch)
         record.update(time_cluster=time.perf_counter() - start,
                       clusters=epoch_labels.num_clusters, outliers=epoch_labels.num_outliers)
+        self._check_stop(epoch, "after pseudo-labelling")
         ctx = EpochContext(epoch, record, features, epoch_labels)
         self._call("after_pseudo_labels", ctx)
         if epoch_labels.num_clusters < 2:
@@ -388,11 +470,19 @@ class Trainer:
                                            extra_loss=getattr(update, "loss", None))
             updated = update(memory, feats, targets, rows.to(self.device))
             losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                kept = (f"{self.out_dir / 'last.pth'} (epoch {self.state.epoch}) is kept as "
+                        "the last good checkpoint" if self.state.epoch else
+                        "no checkpoint had been written yet")
+                raise TrainingDiverged(
+                    f"epoch {epoch} step {it}: the loss is {losses[-1]}; the run is stopped "
+                    f"and {kept}. Lower train.lr (now {tc.lr}) or check the data")
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             if it % tc.log_every == 0 or it == len(batches):
                 logger.info("epoch %d iter %d/%d loss %.3f", epoch, it, len(batches),
                             float(np.mean(losses[-tc.log_every:])))
             self._call("after_step", ctx, StepContext(it, rows, targets, updated, losses[-1]))
+            self._check_stop(epoch, f"after step {it}/{len(batches)}")
         return float(np.mean(losses))
 
     def evaluate(self) -> RankingResult:
@@ -449,8 +539,8 @@ class Trainer:
                                IMAGENET_STD),
         }
 
-    def _restore(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        """Load a checkpoint payload written by :meth:`checkpoint_payload`."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
