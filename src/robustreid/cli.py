@@ -305,8 +305,9 @@ def train_config(cfg: Config, resume: bool = False, overwrite: bool = False,
     from robustreid.utils import resolve_device, seed_everything, setup_logging
 
     out = Path(cfg.output_dir)
-    with RunDirectory(out, config_to_dict(cfg), resume=resume, overwrite=overwrite) as run:
+    with RunDirectory(out) as run:
         setup_logging(out / f"{log_name}.log")
+        run.start(config_to_dict(cfg), resume=resume, overwrite=overwrite)
         seed_everything(cfg.seed)
         device = resolve_device(cfg.device)
         data = build_configured_data(cfg.data)

@@ -45,8 +45,9 @@ LOCK_NAME = ".lock"
 # The results of a run: a folder holding any of these holds a run (a start that failed
 # before its first epoch leaves at most a log, and may be retried as it is).
 RESULT_FILES = ("last.pth", "last.prev.pth", "best.pth", "metrics.jsonl")
-# What a run writes into its folder: ``--overwrite`` deletes exactly these.
-RUN_FILES = (*RESULT_FILES, "config.yaml", "train.log", "demo.log", "curves.png")
+# What ``--overwrite`` deletes: what a run writes into its folder, but for its log
+# (``train.log``, ``demo.log``), which is appended to and so keeps the folder's history.
+RUN_FILES = (*RESULT_FILES, "config.yaml", "curves.png")
 RUN_DIRS = ("tensorboard",)
 
 # Settings a resumed run may change. Each is read afresh every epoch (or only by evaluation
@@ -118,7 +119,7 @@ def find_resume_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any]] | 
         try:
             ckpt = load_checkpoint(path)
         except CheckpointError as err:
-            problems.append(str(err))
+            problems.append(str(err).splitlines()[0])  # torch's own messages run on
             continue
         if path != last:
             why = problems[0] if problems else f"{last} is missing"
@@ -140,54 +141,74 @@ def run_files(folder: str | Path, names: tuple[str, ...] = (*RUN_FILES, *RUN_DIR
 class RunDirectory:
     """Ownership of a run's output folder (see the module docstring).
 
-    Use as a context manager, or call :meth:`close`; the lock is released on exit.
+    Opening it checks that the folder can be written and takes the lock; :meth:`start`
+    then decides between a fresh start, a resume and an overwrite. Use it as a context
+    manager, or call :meth:`close`: the lock is released on exit.
 
     Args:
         path: the output folder (created if missing).
-        config: the current configuration (``config_to_dict`` form), checked against the
-            checkpoint's when resuming.
-        resume: continue the run in ``path`` (a fresh start when it holds none).
-        overwrite: delete the run files in ``path`` and start afresh.
 
     Attributes:
         resume_path, checkpoint: the checkpoint to resume from and its payload (None for a
-            fresh start).
+            fresh start), set by :meth:`start`.
         applied: the settings changed since the checkpoint and applied on resume
             (``(key, saved, current)``).
 
     Raises:
         UserError: the folder cannot be written; another run holds it
-            (:class:`RunLockedError`); it holds a run and neither ``resume`` nor
-            ``overwrite`` was given; both were given.
-        CheckpointError: resuming, and every checkpoint in the folder is damaged.
-        ConfigError: resuming with a changed setting that defines the run.
+            (:class:`RunLockedError`).
     """
 
-    def __init__(self, path: str | Path, config: Mapping[str, Any], *, resume: bool = False,
-                 overwrite: bool = False) -> None:
-        if resume and overwrite:
-            raise UserError("resume and overwrite exclude each other: resume continues the "
-                            "run in the folder, overwrite deletes it")
+    def __init__(self, path: str | Path) -> None:
         self.path = ensure_writable_dir(path, "output_dir")
         self.resume_path: Path | None = None
         self.checkpoint: dict[str, Any] | None = None
         self.applied: list[tuple[str, Any, Any]] = []
         self._lock_fd: int | None = None
         self._acquire()
+        self._clean_partial_writes()
+
+    @classmethod
+    def open(cls, path: str | Path, config: Mapping[str, Any], *, resume: bool = False,
+             overwrite: bool = False) -> RunDirectory:
+        """:class:`RunDirectory` ``(path)`` then :meth:`start`; the lock is released if the
+        start is refused."""
+        run = cls(path)
         try:
-            self._clean_partial_writes()
-            if resume:
-                self._prepare_resume(config)
-            elif overwrite:
-                self._delete(run_files(self.path))
-            elif results := run_files(self.path, RESULT_FILES):
-                raise UserError(
-                    f"output_dir {self.path} already holds a run ({', '.join(results)}): "
-                    "pass --resume to continue it, or --overwrite to delete it and start "
-                    "afresh (or choose another output_dir)")
+            run.start(config, resume=resume, overwrite=overwrite)
         except BaseException:
-            self.close()
+            run.close()
             raise
+        return run
+
+    def start(self, config: Mapping[str, Any], *, resume: bool = False,
+              overwrite: bool = False) -> None:
+        """Decide how the run starts in the (held) folder.
+
+        Args:
+            config: the current configuration (``config_to_dict`` form), checked against
+                the checkpoint's when resuming.
+            resume: continue the run in the folder (a fresh start when it holds none).
+            overwrite: delete the run files in the folder and start afresh.
+
+        Raises:
+            UserError: the folder holds a run and neither ``resume`` nor ``overwrite`` was
+                given; both were given.
+            CheckpointError: resuming, and every checkpoint in the folder is damaged.
+            ConfigError: resuming with a changed setting that defines the run.
+        """
+        if resume and overwrite:
+            raise UserError("resume and overwrite exclude each other: resume continues the "
+                            "run in the folder, overwrite deletes it")
+        if resume:
+            self._prepare_resume(config)
+        elif overwrite:
+            self._delete(run_files(self.path))
+        elif results := run_files(self.path, RESULT_FILES):
+            raise UserError(
+                f"output_dir {self.path} already holds a run ({', '.join(results)}): "
+                "pass --resume to continue it, or --overwrite to delete it and start "
+                "afresh (or choose another output_dir)")
 
     # ----------------------------------------------------------------- lock
     def _acquire(self) -> None:

@@ -258,14 +258,14 @@ class Trainer:
 
         Args:
             resume, overwrite: see :class:`RunDirectory`.
-            run: an already opened :class:`RunDirectory` (the command line opens it before
-                loading data, so a refused start costs nothing); its checkpoint is
+            run: an already started :class:`RunDirectory` (the command line starts it
+                before loading data, so a refused start costs nothing); its checkpoint is
                 restored, and it stays open.
         """
         owned = run is None
         if run is None:
-            run = RunDirectory(self.out_dir, config_to_dict(self.cfg), resume=resume,
-                               overwrite=overwrite)
+            run = RunDirectory.open(self.out_dir, config_to_dict(self.cfg), resume=resume,
+                                    overwrite=overwrite)
         try:
             if run.checkpoint is not None:
                 self._restore(run.checkpoint)

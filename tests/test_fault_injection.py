@@ -1,0 +1,117 @@
+"""kill -9 at ten points of a tiny run (extraction, clustering, SAA training, a step, the
+checkpoint write and its rotation, over five epochs), each followed by ``--resume``: the
+run ends with the uninterrupted run's weights, bit for bit.
+
+Each run is a separate ``robustreid train`` process (``tests/fault_run.py`` arms the fault);
+the resumed processes form one chain, so every kill is followed by a resume that is killed
+in its turn at a later point, and the last resume runs to the end. ``benchmarks/fault_sweep.py``
+runs a longer sweep (random points, each resumed to the end on its own).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustreid.data.synth import SynthConfig, generate_synthperson
+from robustreid.engine.checkpoint import load_checkpoint
+from tests.conftest import TINY_ARCH
+
+REPO = Path(__file__).resolve().parent.parent
+FAULT_RUN = REPO / "tests" / "fault_run.py"
+
+# (point, n-th time in that process): each process resumes where the previous one died.
+# With 3 steps an epoch and CSA + HPS on, the comments say where each kill lands.
+CHAIN = [
+    ("step", 2),         # epoch 1, step 2: nothing saved yet
+    ("ckpt_write", 1),   # half-way through epoch 1's last.pth: no checkpoint still
+    ("ckpt_rotate", 1),  # epoch 2's write: last.pth moved to last.prev.pth, new one unnamed
+    ("extract", 2),      # falls back to last.prev.pth (epoch 1), redoes 2, dies extracting 3
+    ("cluster", 1),      # epoch 3, pseudo-labels computed
+    ("saa", 1),          # epoch 3, SAA trained
+    ("step", 4),         # epoch 3 done and saved; epoch 4, step 1
+    ("ckpt_write", 1),   # epoch 4's last.pth half written
+    ("extract", 2),      # epoch 4 redone and saved; epoch 5's extraction
+    ("step", 2),         # epoch 5, step 2
+]
+
+
+def tiny_run_args(root: Path, out: Path) -> list[str]:
+    return ["train", "--config", "configs/synthperson.yaml", f"output_dir={out}",
+            f"data.root={root}", "data.height=32", "data.width=16", "data.num_workers=0",
+            "data.test_batch_size=64", "train.epochs=5", "train.iters=3",
+            "train.batch_size=8", "train.num_instances=4", "train.eval_every=0",
+            "cluster.k1=8", "cluster.k2=2", "cluster.min_samples=2", "cluster.eps=0.7",
+            "cluster.camera_normalize=true", f"model.arch={TINY_ARCH}",
+            "model.pretrained=none", "memory.init=csa", "memory.update=hps",
+            "method.csa_steps=5"]
+
+
+def fault_process(point: str, nth: int, args: list[str], sig: str = "KILL"
+                  ) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(FAULT_RUN), point, str(nth), sig, "--", *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate_synthperson(root / "synthperson",
+                         SynthConfig.small(seed=1, num_train_ids=12, images_per_camera=(2, 3)),
+                         progress=False)
+    return root
+
+
+def test_kill_9_at_ten_points_then_resume_reaches_the_uninterrupted_weights(synth_root,
+                                                                           tmp_path):
+    # the uninterrupted run goes on the other core while the chain runs
+    reference = fault_process("none", 1, tiny_run_args(synth_root, tmp_path / "full"))
+    out = tmp_path / "killed"
+    args = tiny_run_args(synth_root, out)
+    epochs_seen = []
+    for i, (point, nth) in enumerate(CHAIN):
+        proc = fault_process(point, nth, args + (["--resume"] if i else []))
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, (point, nth, proc.returncode, err[-2000:])
+        last = out / "last.pth"
+        epochs_seen.append(load_checkpoint(last)["epoch"] if last.is_file() else None)
+        if point == "ckpt_rotate":
+            # killed between the two renames: the new checkpoint is not there yet, the
+            # previous one is kept under its other name
+            assert not last.is_file() and (out / "last.prev.pth").is_file()
+    proc = fault_process("none", 1, args + ["--resume"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming from the previous checkpoint" not in err
+    _, ref_err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, ref_err[-3000:]
+
+    # the kills landed across the whole run, not all in one epoch
+    assert epochs_seen == [None, None, None, 2, 2, 2, 3, 3, 4, 4]
+    resumed = load_checkpoint(out / "last.pth")
+    full = load_checkpoint(tmp_path / "full" / "last.pth")
+    assert resumed["epoch"] == full["epoch"] == 5
+    for key, value in full["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    # SAA (trained every epoch, carried over) too
+    assert full["saa"] is not None and set(resumed["saa"]) == set(full["saa"])
+    for key, value in full["saa"].items():
+        assert torch.equal(resumed["saa"][key], value), key
+    # the records agree too, but for the wall-clock timings
+    def untimed(history):
+        return [{k: v for k, v in r.items() if not k.startswith("time_")
+                 and not k.endswith("_seconds")} for r in history]
+
+    assert untimed(resumed["history"]) == untimed(full["history"])
+    # no partial write is left behind, and the fallback was logged when it was used
+    assert not list(out.glob(".*.tmp"))
+    log = (out / "train.log").read_text()
+    assert "resuming from the previous checkpoint" in log and "last.prev.pth" in log
