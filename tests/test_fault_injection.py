@@ -115,3 +115,18 @@ def test_kill_9_at_ten_points_then_resume_reaches_the_uninterrupted_weights(synt
     assert not list(out.glob(".*.tmp"))
     log = (out / "train.log").read_text()
     assert "resuming from the previous checkpoint" in log and "last.prev.pth" in log
+
+
+def test_sigterm_exits_143_with_a_message_and_resume_finishes(synth_root, tmp_path):
+    args = [*tiny_run_args(synth_root, tmp_path / "run"), "train.epochs=2"]
+    proc = fault_process("step", 4, args, sig="TERM")  # epoch 2, step 1
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "SIGTERM received: stopping after the current step" in err
+    assert "robustreid train: stopped by SIGTERM in epoch 2 (after step 1/3)" in err
+    assert "Traceback" not in err
+    assert load_checkpoint(tmp_path / "run/last.pth")["epoch"] == 1
+    proc = fault_process("none", 1, [*args, "--resume"])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert load_checkpoint(tmp_path / "run/last.pth")["epoch"] == 2
