@@ -294,7 +294,7 @@ def train_config(cfg: Config, resume: bool = False, overwrite: bool = False,
     The order keeps a refused start free and harmless: the output folder is locked and
     checked first (:class:`~robustreid.engine.rundir.RunDirectory`: another run, an
     existing run without ``resume``/``overwrite``, a resume with changed settings), then
-    the data and model are built (with their checks), and only then, when the run is known
+    the model and the data are built (with their checks), and only then, when the run is known
     to start, is ``config.yaml`` written. The log (``<log_name>.log``) is appended to from
     the moment the folder is held.
     """
@@ -310,8 +310,9 @@ def train_config(cfg: Config, resume: bool = False, overwrite: bool = False,
         run.start(config_to_dict(cfg), resume=resume, overwrite=overwrite)
         seed_everything(cfg.seed)
         device = resolve_device(cfg.device)
-        data = build_configured_data(cfg.data)
-        trainer = Trainer(cfg, build_configured_model(cfg), data, device)
+        model = build_configured_model(cfg)  # before the data: a missing weights file is
+        data = build_configured_data(cfg.data)  # found without reading every image first
+        trainer = Trainer(cfg, model, data, device)
         _save_resolved_config(cfg, out / "config.yaml")
         state = trainer.fit(run=run)
     first, last = state.history[0], state.history[-1]
