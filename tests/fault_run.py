@@ -87,17 +87,26 @@ def _arm(point: str, nth: int, signum: int) -> None:
         raise SystemExit(f"unknown fault point {point!r}")
 
 
+def run_with_fault(point: str, nth: int, signum: int, command: list[str]) -> int:
+    """Arm the fault, then run the command line ``command``; returns its exit status (if
+    the fault did not end the process first)."""
+    torch.set_num_threads(1)
+    _arm(point, nth, signum)
+    from robustreid.cli import main as cli_main
+
+    return cli_main(command)
+
+
+SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}
+
+
 def main(argv: list[str]) -> int:
     point, nth, sig, sep, *command = argv
     if sep != "--":
         raise SystemExit(__doc__)
-    torch.set_num_threads(1)
     import conftest  # noqa: F401  (registers the tiny backbone; this folder is sys.path[0])
 
-    _arm(point, int(nth), {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}[sig])
-    from robustreid.cli import main as cli_main
-
-    return cli_main(command)
+    return run_with_fault(point, int(nth), SIGNALS[sig], command)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,20 @@
 checkpoint write and its rotation, over five epochs), each followed by ``--resume``: the
 run ends with the uninterrupted run's weights, bit for bit.
 
-Each run is a separate ``robustreid train`` process (``tests/fault_run.py`` arms the fault);
-the resumed processes form one chain, so every kill is followed by a resume that is killed
-in its turn at a later point, and the last resume runs to the end. ``benchmarks/fault_sweep.py``
+Each run is a separate process (forked from the test, running the command line
+``robustreid train``, with the fault armed by ``tests/fault_run.py``); the resumed processes
+form one chain, so every kill is followed by a resume that is killed in its turn at a later
+point, and the last resume runs to the end. ``benchmarks/fault_sweep.py``
 runs a longer sweep (random points, each resumed to the end on its own).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ import torch
 from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.engine.checkpoint import load_checkpoint
 from tests.conftest import TINY_ARCH
+from tests.fault_run import SIGNALS, run_with_fault
 
 REPO = Path(__file__).resolve().parent.parent
 FAULT_RUN = REPO / "tests" / "fault_run.py"
@@ -53,12 +56,30 @@ def tiny_run_args(root: Path, out: Path) -> list[str]:
             "method.csa_steps=5"]
 
 
-def fault_process(point: str, nth: int, args: list[str], sig: str = "KILL"
-                  ) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(FAULT_RUN), point, str(nth), sig, "--", *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+class FaultProcess:
+    """``robustreid ARGS`` in a child process with a fault armed at the ``nth`` ``point``
+    (:mod:`tests.fault_run`). The child is forked from the test process, which has torch
+    and robustreid imported already (a fresh interpreter would spend seconds importing
+    them, thirteen times); its stderr goes to a file."""
+
+    def __init__(self, point: str, nth: int, args: list[str], sig: str = "KILL") -> None:
+        self.stderr = Path(tempfile.mkstemp(suffix=".stderr")[1])
+        context = multiprocessing.get_context("fork")
+        self.process = context.Process(target=_child, args=(point, nth, SIGNALS[sig], args,
+                                                            self.stderr))
+        self.process.start()
+
+    def communicate(self, timeout: float) -> tuple[int | None, str]:
+        """Wait for the child; its exit status (negative: ended by that signal) and
+        stderr."""
+        self.process.join(timeout)
+        return self.process.exitcode, self.stderr.read_text()
+
+
+def _child(point: str, nth: int, signum: int, args: list[str], stderr: Path) -> None:
+    os.chdir(REPO)
+    sys.stderr = open(stderr, "w", buffering=1)  # noqa: SIM115  (the child's whole life)
+    sys.exit(run_with_fault(point, nth, signum, args))
 
 
 @pytest.fixture(scope="module")
@@ -73,26 +94,25 @@ def synth_root(tmp_path_factory):
 def test_kill_9_at_ten_points_then_resume_reaches_the_uninterrupted_weights(synth_root,
                                                                            tmp_path):
     # the uninterrupted run goes on the other core while the chain runs
-    reference = fault_process("none", 1, tiny_run_args(synth_root, tmp_path / "full"))
+    reference = FaultProcess("none", 1, tiny_run_args(synth_root, tmp_path / "full"))
     out = tmp_path / "killed"
     args = tiny_run_args(synth_root, out)
     epochs_seen = []
     for i, (point, nth) in enumerate(CHAIN):
-        proc = fault_process(point, nth, args + (["--resume"] if i else []))
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == -signal.SIGKILL, (point, nth, proc.returncode, err[-2000:])
+        code, err = FaultProcess(point, nth, args + (["--resume"] if i else [])
+                                 ).communicate(timeout=300)
+        assert code == -signal.SIGKILL, (point, nth, code, err[-2000:])
         last = out / "last.pth"
         epochs_seen.append(load_checkpoint(last)["epoch"] if last.is_file() else None)
         if point == "ckpt_rotate":
             # killed between the two renames: the new checkpoint is not there yet, the
             # previous one is kept under its other name
             assert not last.is_file() and (out / "last.prev.pth").is_file()
-    proc = fault_process("none", 1, args + ["--resume"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    code, err = FaultProcess("none", 1, args + ["--resume"]).communicate(timeout=300)
+    assert code == 0, err[-3000:]
     assert "resuming from the previous checkpoint" not in err
-    _, ref_err = reference.communicate(timeout=300)
-    assert reference.returncode == 0, ref_err[-3000:]
+    code, ref_err = reference.communicate(timeout=300)
+    assert code == 0, ref_err[-3000:]
 
     # the kills landed across the whole run, not all in one epoch
     assert epochs_seen == [None, None, None, 2, 2, 2, 3, 3, 4, 4]
@@ -119,14 +139,12 @@ def test_kill_9_at_ten_points_then_resume_reaches_the_uninterrupted_weights(synt
 
 def test_sigterm_exits_143_with_a_message_and_resume_finishes(synth_root, tmp_path):
     args = [*tiny_run_args(synth_root, tmp_path / "run"), "train.epochs=2"]
-    proc = fault_process("step", 4, args, sig="TERM")  # epoch 2, step 1
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    code, err = FaultProcess("step", 4, args, sig="TERM").communicate(timeout=300)  # epoch 2
+    assert code == 128 + signal.SIGTERM, err[-2000:]
     assert "SIGTERM received: stopping after the current step" in err
     assert "robustreid train: stopped by SIGTERM in epoch 2 (after step 1/3)" in err
     assert "Traceback" not in err
     assert load_checkpoint(tmp_path / "run/last.pth")["epoch"] == 1
-    proc = fault_process("none", 1, [*args, "--resume"])
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+    code, err = FaultProcess("none", 1, [*args, "--resume"]).communicate(timeout=300)
+    assert code == 0, err[-2000:]
     assert load_checkpoint(tmp_path / "run/last.pth")["epoch"] == 2
