@@ -195,6 +195,14 @@ def test_saved_config_loads_back_equal(tree: dict[str, Any]) -> None:
         assert load_config(path) == cfg
 
 
+def test_strings_with_line_separators_round_trip(tmp_path: Path) -> None:
+    """PyYAML's single-quoted style read "\x85" (NEL) back as a space."""
+    for text in ["\x85", "a\x85b", "\x85\n", "\u2028", "\u2029 x", " \x85 ", "\ufeffa"]:
+        cfg = Config(output_dir=text)
+        cfg.data.options = {text: [text]}
+        assert load_config(save_config(cfg, tmp_path / "cfg.yaml")) == cfg, repr(text)
+
+
 def test_yaml_corner_cases_are_config_errors(tmp_path: Path) -> None:
     """Inputs that made PyYAML raise ValueError, KeyError, IndexError, AttributeError or
     RecursionError, or passed the checks though no later step could use them."""

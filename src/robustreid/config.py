@@ -348,7 +348,17 @@ class _Loader(yaml.SafeLoader):
 
 
 class _Dumper(yaml.SafeDumper):
-    """SafeDumper that quotes strings which :class:`_Loader` would read as floats."""
+    """SafeDumper that quotes strings which :class:`_Loader` would read as floats, and writes
+    strings holding a NEL (U+0085) double-quoted: PyYAML's single-quoted style (its choice
+    with ``allow_unicode``) turns ``"\x85"`` into ``" "`` on reading."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        if "\x85" in data:
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+        return super().represent_str(data)
+
+
+_Dumper.add_representer(str, _Dumper.represent_str)
 
 
 for _cls in (_Loader, _Dumper):
