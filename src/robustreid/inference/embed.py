@@ -34,7 +34,6 @@ import math
 import os
 import shutil
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,14 +47,15 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from robustreid import __version__
-from robustreid.data.base import (
-    IMAGE_SUFFIXES,
-    DatasetError,
-    list_images,
-    parse_market_name,
-    read_list_file,
-)
+from robustreid.data.base import IMAGE_SUFFIXES, DatasetError, list_images, read_list_file
 from robustreid.errors import UserError
+from robustreid.inference.embeddings_file import (
+    EMBEDDINGS_KIND,
+    EmbeddingsFileError,
+    parse_pid_camid,
+    read_embeddings,
+    read_npz_arrays,
+)
 from robustreid.inference.extractor import FeatureExtractor
 from robustreid.io import atomic_write, atomic_write_text
 
@@ -74,10 +74,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EMBEDDINGS_KIND = "robustreid-embeddings"
 PARTIAL_KIND = "robustreid-embed-partial"
 FORMAT = 1
-REQUIRED_KEYS = ("features", "paths", "pids", "camids", "meta")
 LIST_FILE_SUFFIX = ".txt"
 GLOB_CHARS = frozenset("*?[")
 MANIFEST_NAME = "manifest.json"
@@ -88,10 +86,6 @@ MAX_LISTED_SKIPS = 50
 
 class SkippedImagesWarning(UserWarning):
     """Some input files could not be read as images and were left out of the output."""
-
-
-class EmbeddingsFileError(UserError):
-    """A file is not (or no longer) a valid robustreid embeddings file; names the file."""
 
 
 class SkippedFile(NamedTuple):
@@ -214,15 +208,6 @@ def _collect_folder(folder: Path) -> list[Path]:
 
 def _collect_list_file(list_file: Path) -> list[Path]:
     return read_list_file(list_file, expand_folder=_collect_folder)
-
-
-def parse_pid_camid(path: str | Path) -> tuple[int, int]:
-    """(pid, 0-based camid) from a Market-1501 style name (``0002_c1s1_000451_03.jpg`` gives
-    (2, 0)); (-1, -1) for a name that does not follow that pattern."""
-    try:
-        return parse_market_name(path)
-    except DatasetError:
-        return -1, -1
 
 
 # ------------------------------------------------------------------------------- embedding
@@ -534,6 +519,28 @@ def _save_chunk(sidecar: Path, index: int, chunk: _Chunk, digest: str) -> None:
     atomic_write(_chunk_path(sidecar, index), lambda handle: np.savez(handle, **arrays))
 
 
+CHUNK_KEYS = ("features", "index", "skipped_index", "skipped_reason", "digest")
+
+
+def _chunk_problem(data: dict[str, np.ndarray], start: int, end: int, digest: str) -> str:
+    """Why the arrays of a saved chunk are not this run's chunk for ``start:end`` ("" if
+    they are)."""
+    missing = [k for k in CHUNK_KEYS if k not in data]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    features, idx, skipped = data["features"], data["index"], data["skipped_index"]
+    if (features.ndim != 2 or features.dtype.kind != "f" or idx.ndim != 1
+            or idx.dtype.kind not in "iu" or skipped.ndim != 1 or skipped.dtype.kind not in "iu"
+            or data["skipped_reason"].shape != skipped.shape
+            or data["skipped_reason"].dtype.kind != "U" or data["digest"].dtype.kind != "U"
+            or data["digest"].ndim != 0 or len(features) != len(idx)):
+        return "arrays of unexpected shapes or dtypes"
+    covered = sorted(idx.tolist() + skipped.tolist())
+    if str(data["digest"]) != digest or covered != list(range(start, end)):
+        return "it does not match this run's manifest"
+    return ""
+
+
 def _load_chunk(sidecar: Path, index: int, start: int, end: int, digest: str) -> _Chunk | None:
     """The saved chunk ``index`` (input positions ``start:end``), or None if it is not there
     or does not belong to this run (then it is removed and recomputed)."""
@@ -541,22 +548,19 @@ def _load_chunk(sidecar: Path, index: int, start: int, end: int, digest: str) ->
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            features, idx = data["features"], data["index"].astype(np.int64)
-            skipped_index = data["skipped_index"].astype(np.int64)
-            reasons = [str(r) for r in data["skipped_reason"]]
-            stored_digest = str(data["digest"])
-        covered = sorted(idx.tolist() + skipped_index.tolist())
-        if (stored_digest != digest or covered != list(range(start, end))
-                or features.ndim != 2 or len(features) != len(idx)
-                or len(reasons) != len(skipped_index)):
-            raise ValueError("it does not match this run's manifest")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        logger.warning("%s: cannot be resumed (%s); recomputing it", path, err)
+        data = read_npz_arrays(path, CHUNK_KEYS)
+        problem = _chunk_problem(data, start, end, digest)
+    except EmbeddingsFileError as err:
+        problem = str(err)
+    if problem:
+        logger.warning("%s: cannot be resumed (%s); recomputing it", path, problem)
         path.unlink()
         return None
-    return _Chunk(features.astype(np.float32, copy=False), idx,
-                  list(zip(skipped_index.tolist(), reasons, strict=True)))
+    reasons = [str(r) for r in data["skipped_reason"].tolist()]
+    return _Chunk(data["features"].astype(np.float32, copy=False),
+                  data["index"].astype(np.int64),
+                  list(zip(data["skipped_index"].astype(np.int64).tolist(), reasons,
+                           strict=True)))
 
 
 # ---------------------------------------------------------------------- final file, reading
@@ -604,58 +608,19 @@ def _reuse_final(out_path: Path, fingerprint: dict[str, Any], digest: str, sidec
 
 
 def load_embeddings(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`embed_images` / ``robustreid embed``.
+    """Read a file written by :func:`embed_images` / ``robustreid embed`` (every array and
+    ``meta["kind"]`` required; the checks are those of
+    :func:`~robustreid.inference.embeddings_file.read_embeddings`).
 
     Returns:
         ``{"features": (N, D) float32, "paths": list of N str, "pids": (N,) int64,
         "camids": (N,) int64, "meta": dict}``.
 
     Raises:
-        FileNotFoundError: no such file.
-        EmbeddingsFileError: not an ``.npz``, missing keys, bad ``meta`` or inconsistent
-            shapes; the message names the file and what was expected.
+        EmbeddingsFileError: no such file, not a readable ``.npz``, missing arrays, bad
+            ``meta``, or arrays of the wrong dtype or shape; the message names the file and
+            what was expected.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"embeddings file {path} not found")
-    expected = (f"expected an .npz written by `robustreid embed` with arrays "
-                f"{', '.join(REQUIRED_KEYS)}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise EmbeddingsFileError(f"{path} is not a robustreid embeddings file ({expected}): "
-                                  f"{err}") from err
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise EmbeddingsFileError(f"{path} holds a single array, not a robustreid embeddings "
-                                  f"file ({expected})")
-    with loaded:
-        missing = [k for k in REQUIRED_KEYS if k not in loaded.files]
-        if missing:
-            raise EmbeddingsFileError(f"{path} is not a robustreid embeddings file: missing "
-                                      f"{', '.join(missing)} ({expected})")
-        try:
-            arrays = {k: loaded[k] for k in REQUIRED_KEYS}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise EmbeddingsFileError(f"{path}: cannot read its arrays: {err}") from err
-    try:
-        meta = json.loads(str(arrays["meta"]))
-    except ValueError as err:
-        raise EmbeddingsFileError(f"{path}: 'meta' is not a JSON string: {err}") from err
-    if not isinstance(meta, dict) or meta.get("kind") != EMBEDDINGS_KIND:
-        raise EmbeddingsFileError(f"{path}: 'meta' does not describe robustreid embeddings "
-                                  f"(expected kind {EMBEDDINGS_KIND!r})")
-    features, paths = arrays["features"], arrays["paths"]
-    pids, camids = arrays["pids"], arrays["camids"]
-    n = features.shape[0] if features.ndim == 2 else -1
-    if (features.ndim != 2 or not np.issubdtype(features.dtype, np.floating)
-            or paths.shape != (n,) or pids.shape != (n,) or camids.shape != (n,)
-            or not np.issubdtype(pids.dtype, np.integer)
-            or not np.issubdtype(camids.dtype, np.integer)):
-        raise EmbeddingsFileError(
-            f"{path}: inconsistent arrays: features {features.shape} {features.dtype} (expected "
-            f"N x D floats), paths {paths.shape}, pids {pids.shape} {pids.dtype}, camids "
-            f"{camids.shape} {camids.dtype} (expected N integers each)"
-        )
-    return {"features": features.astype(np.float32, copy=False),
-            "paths": [str(p) for p in paths], "pids": pids.astype(np.int64, copy=False),
-            "camids": camids.astype(np.int64, copy=False), "meta": meta}
+    emb = read_embeddings(path, written_by_embed=True)
+    return {"features": emb.features, "paths": emb.paths, "pids": emb.pids,
+            "camids": emb.camids, "meta": emb.meta}
