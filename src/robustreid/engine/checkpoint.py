@@ -117,7 +117,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(fmt, int) or fmt > CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"checkpoint {path} has format {fmt!r:.40}, written by robustreid "
-            f"{data['robustreid_version']!r:.40}; this robustreid {__version__} reads formats up "
-            f"to {CHECKPOINT_FORMAT}. Upgrade robustreid to load it."
+            f"{str(data['robustreid_version'])[:40]}; this robustreid {__version__} reads "
+            f"formats up to {CHECKPOINT_FORMAT}. Upgrade robustreid to load it."
         )
     return data
