@@ -57,7 +57,7 @@ from robustreid.inference.embeddings_file import (
     read_npz_arrays,
 )
 from robustreid.inference.extractor import FeatureExtractor
-from robustreid.io import atomic_write, atomic_write_text
+from robustreid.io import atomic_write, atomic_write_text, ensure_writable_dir
 
 __all__ = [
     "EmbedResult",
@@ -153,15 +153,14 @@ def collect_images(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     A file reached twice (same absolute path) is kept at its first position only.
 
     Raises:
-        FileNotFoundError: a missing folder or file, a glob that matches nothing, or a list
-            file line naming a missing file (the message gives the list file and line number).
-        ValueError: no inputs, a folder without images, a list file with no entries or not
-            UTF-8 text.
+        UserError: no inputs, a missing folder or file, a glob that matches nothing, a folder
+            without images, or a list file that is unreadable, not UTF-8 text, names no files
+            or names a missing one (the message gives the list file and line number).
         TypeError: an input that is not a path or string.
     """
     specs: list[Any] = [spec] if isinstance(spec, str | Path) else list(spec)
     if not specs:
-        raise ValueError("no inputs given: expected folders, glob patterns or list files")
+        raise UserError("no inputs given: expected folders, glob patterns or list files")
     found: list[Path] = []
     for item in specs:
         if not isinstance(item, str | Path):
@@ -201,7 +200,7 @@ def _collect_one(item: str | Path) -> list[Path]:
 def _collect_folder(folder: Path) -> list[Path]:
     files = list_images(folder, suffixes=None)
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
-        raise ValueError(f"folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}"
+        raise UserError(f"folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}"
                          f" recursively; found {len(files)} other files)")
     return files
 
@@ -248,26 +247,31 @@ def embed_images(
         The arrays written and the facts of the run (:class:`EmbedResult`).
 
     Raises:
-        ValueError: bad ``out_path`` suffix, ``chunk_size`` < 1, no paths, or no file could
-            be embedded.
+        UserError: ``out_path`` without the ``.npz`` suffix or a folder, its folder cannot be
+            written (checked before any embedding), no paths, no file could be embedded, or
+            ``out_path`` or ``OUT.partial`` exists but belongs to other inputs or another
+            model (or is not robustreid's) and ``overwrite`` is False.
         DatasetError: with ``strict``, the first unreadable file (named in the message).
-        FileExistsError: ``out_path`` or ``OUT.partial`` exists but belongs to other inputs or
-            another model (or is not robustreid's), and ``overwrite`` is False.
+        ValueError: ``chunk_size`` < 1.
     """
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".npz":
-        raise ValueError(f"output file {out_path}: expected a name ending in .npz")
+        raise UserError(f"output file {out_path}: expected a name ending in .npz")
+    if out_path.is_dir():
+        raise UserError(f"output file {out_path} is a folder: expected a file name ending in "
+                        ".npz")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     sidecar = partial_dir(out_path)
     items = _drop_own_files([Path(p) for p in paths], out_path, sidecar)
     if not items:
-        raise ValueError("no input files given to embed")
+        raise UserError("no input files given to embed")
     fingerprint = _fingerprint(extractor, items)
     digest = _digest(fingerprint)
 
     if out_path.exists() and not overwrite:
         return _reuse_final(out_path, fingerprint, digest, sidecar, strict)
+    ensure_writable_dir(out_path.parent, f"the folder of {out_path.name}")
     if overwrite and sidecar.exists():
         shutil.rmtree(sidecar)
     chunk_size = _open_manifest(sidecar, fingerprint, digest, items, chunk_size)
@@ -307,7 +311,7 @@ def embed_images(
                       stacklevel=2)
     if index.size == 0:
         shutil.rmtree(sidecar)  # nothing worth resuming
-        raise ValueError(f"none of the {len(items)} input files could be read as an image "
+        raise UserError(f"none of the {len(items)} input files could be read as an image "
                          f"(first: {skipped[0].path}: {skipped[0].reason})")
     features = np.concatenate([c.features for c in finished if len(c.index)])
     out_paths = [str(items[i]) for i in index]

@@ -42,8 +42,7 @@ def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> list[ImageInput]
     (a batch) becomes its items; lists and tuples are expanded element by element.
 
     Raises:
-        FileNotFoundError: a path that does not exist.
-        ValueError: a folder without images.
+        UserError: a path that does not exist, or a folder without images.
         TypeError: an input of another kind.
     """
     out: list[ImageInput] = []
@@ -53,7 +52,8 @@ def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> list[ImageInput]
             if path.is_dir():
                 images = list_images(path)
                 if not images:
-                    raise ValueError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                    raise UserError(f"folder {path} holds no images "
+                                    f"({', '.join(IMAGE_SUFFIXES)}, searched recursively)")
                 out.extend(images)
             elif path.is_file():
                 out.append(path)
