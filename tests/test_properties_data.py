@@ -243,10 +243,11 @@ def test_images_reader_any_tree_and_camera_options(files: list[str], cameras: st
         root.mkdir()
         for rel in files:
             path = root / rel
-            if path.parent.is_file() or path.is_dir():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"")
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
                 continue  # a name used both as a folder and a file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(b"")
         options: dict[str, Any] = {"cameras": cameras}
         if cameras == "subfolder" and depth is not None:
             options["camera_depth"] = depth

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import re
 import struct
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         CheckpointError: naming the file: it is missing or empty, not a PyTorch file (neither
-            a zip archive nor a pickle, e.g. a text file), damaged or holding other Python
+            a zip archive nor a pickle, e.g. a text file), a damaged zip archive (a truncated
+            copy), otherwise unreadable by torch.load or holding other Python
             objects (what torch.load raised, on one line), not robustreid's (no
             ``robustreid_version``), or of a newer format.
     """
@@ -102,6 +104,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if head != _ZIP_MAGIC and head[0] != _PICKLE_PROTOCOL:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is neither a zip archive "
                               f"(what torch.save writes) nor a pickle; {_EXPECTED}")
+    if head == _ZIP_MAGIC:
+        try:  # reads the zip's directory only; torch's own reader gives "Invalid argument"
+            with zipfile.ZipFile(path):
+                pass
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as err:
+            # NotImplementedError: a directory entry claims a zip version zipfile lacks
+            raise CheckpointError(f"{path} is a damaged checkpoint: its zip archive cannot be "
+                                  f"read ({err}; a copy cut short?); {_EXPECTED}") from err
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except TORCH_LOAD_ERRORS as err:
