@@ -202,3 +202,20 @@ def test_embed_checks_the_output_folder_before_embedding(
     assert code == 2
     message = one_error_line(capsys.readouterr().err, "embed")
     assert message.startswith(f"--out {out}: its folder {a_file}: cannot write files")
+
+
+# ----------------------------------------------------------------------- odd input paths
+def test_odd_input_paths_are_user_errors(tmp_path: Path) -> None:
+    """Paths the system refuses raised RuntimeError (an unknown ~user) or OSError (a name
+    longer than the file system allows) in collect_images (embed) and expand_inputs
+    (search --query)."""
+    from robustreid.inference.embed import collect_images
+    from robustreid.inference.extractor import expand_inputs
+
+    too_long = str(tmp_path / ("n" * 300))
+    cases = {"~no_such_user_robustreid/x.jpg": "no_such_user_robustreid", too_long: "nnnn"}
+    for text, named in cases.items():
+        for read in (collect_images, expand_inputs):
+            with pytest.raises(UserError) as info:
+                read([text])
+            assert named in str(info.value) and "\n" not in str(info.value)

@@ -178,10 +178,17 @@ def collect_images(spec: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _collect_one(item: str | Path) -> list[Path]:
-    path = Path(item).expanduser()
-    if path.is_dir():
+    try:
+        path = Path(item).expanduser()
+        is_dir = path.is_dir()
+        is_file = not is_dir and path.is_file()
+    except RuntimeError as err:  # ~user of an unknown user
+        raise UserError(f"input {str(item)[:200]!r}: cannot expand '~': {err}") from err
+    except OSError as err:  # a name too long for the file system, ...
+        raise UserError(f"input {str(item)[:200]!r}: {err.strerror or err}") from err
+    if is_dir:
         return _collect_folder(path)
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() == LIST_FILE_SUFFIX:
             return _collect_list_file(path)
         return [path]
@@ -198,7 +205,10 @@ def _collect_one(item: str | Path) -> list[Path]:
 
 
 def _collect_folder(folder: Path) -> list[Path]:
-    files = list_images(folder, suffixes=None)
+    try:
+        files = list_images(folder, suffixes=None)
+    except OSError as err:  # a sub-folder that cannot be listed
+        raise UserError(f"cannot list folder {folder}: {err}") from err
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
         raise UserError(f"folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}"
                          f" recursively; found {len(files)} other files)")
