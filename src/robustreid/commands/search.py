@@ -21,7 +21,7 @@ from typing import Any
 from robustreid.errors import UserError
 
 DEFAULT_OUT = "runs/search"
-#: gallery paths named in the missing-images warning (all are in results.json)
+#: gallery paths the missing-images warning names (the others are counted)
 MISSING_LISTED = 3
 
 logger = logging.getLogger(__name__)
