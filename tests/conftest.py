@@ -1,10 +1,29 @@
-"""Shared test helpers: a tiny registered backbone so training tests run in seconds."""
+"""Shared test helpers: a tiny registered backbone so training tests run in seconds, and the
+hypothesis profiles of the property-based tests."""
 
 from __future__ import annotations
 
+import os
+
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 from robustreid.models import BACKBONES, register_backbone
+
+# Property-based tests (tests/test_properties_*.py). "ci", the default, is reproducible: the
+# examples are derived from each test's name (derandomize), no example database is read or
+# written, and a modest number of examples keeps the whole suite ~10 s slower at most.
+# "explore" draws fresh random examples and keeps failing ones in .hypothesis/ for a local
+# bug hunt: HYPOTHESIS_PROFILE=explore pytest tests/test_properties_*.py
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore", max_examples=1000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TINY_ARCH = "tiny_cnn_for_tests"
 

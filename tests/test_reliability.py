@@ -120,7 +120,8 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(synt
     code, err = run(train_args(synth_root, tmp_path / "file.txt" / "run"), capsys)
     assert code == 2
     line = one_error_line(err)
-    assert f"output_dir {tmp_path / 'file.txt' / 'run'}: cannot write there" in line
+    assert f"output_dir {tmp_path / 'file.txt' / 'run'}: cannot write files in this " \
+           "folder (it or a folder above it is a file" in line
     assert "loaded dataset" not in err
 
 
@@ -135,7 +136,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(synth_root, tm
 
     code, err = run([*train_args(synth_root, out, "train.epochs=3"), "--resume"], capsys)
     assert code == 0, err
-    assert f"checkpoint {last} could not be read" in err
+    assert f"{last} is a damaged checkpoint" in err
     assert f"resuming from the previous checkpoint {out / 'last.prev.pth'} (epoch 1)" in err
     assert load_checkpoint(last)["epoch"] == 3
     history = load_checkpoint(last)["history"]
@@ -148,7 +149,7 @@ def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(synth_root, tm
     code, err = run([*train_args(synth_root, out, "train.epochs=4"), "--resume"], capsys)
     assert code == 2
     line = one_error_line(err)
-    assert f"cannot resume: checkpoint {last} could not be read" in line
+    assert f"cannot resume: {last} is not a PyTorch checkpoint" in line
     assert str(out / "last.prev.pth") in line
     assert snapshot(out) == before
 

@@ -183,7 +183,7 @@ def test_instance_warmup_then_clustering(tiny_data, tmp_path):
 def test_bad_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "last.pth"
     bad.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="last.pth could not be read"):
+    with pytest.raises(CheckpointError, match="last.pth is not a PyTorch checkpoint"):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "none.pth")

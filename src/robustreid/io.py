@@ -1,4 +1,6 @@
-"""Crash-safe file output: every file robustreid writes appears whole or not at all."""
+"""File output: every file robustreid writes appears whole or not at all
+(:func:`atomic_write`), and an output folder is checked before the work whose results go
+there (:func:`ensure_writable_dir`)."""
 
 from __future__ import annotations
 
@@ -50,35 +52,6 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], mode: i
     return path
 
 
-def ensure_writable_dir(path: str | Path, what: str) -> Path:
-    """Create the folder ``path`` if needed and check that files can be written in it, before
-    any expensive work is done for it.
-
-    The check creates and deletes a temporary file there (permission bits alone do not say
-    it: root ignores them, a read-only mount or a full disk do not show in them).
-
-    Args:
-        path: the folder.
-        what: how the user named it, for the message (``"output_dir"``, ``"--out"``).
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        UserError: the folder cannot be created or written (names it and why).
-    """
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise UserError(f"{what} {folder}: cannot write there ({err.strerror or err}); "
-                        "expected a writable folder") from err
-    return folder
-
-
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write UTF-8 text atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
@@ -96,3 +69,51 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def ensure_writable_dir(path: str | Path, what: str) -> Path:
+    """Check that files can be created in the folder ``path`` before any work whose results
+    go there; the check leaves nothing behind.
+
+    The folder and any missing parents are created, a temporary file is created in it
+    (:func:`tempfile.mkstemp`) and removed, then the folders this call created are removed
+    again, so a command that fails later for another reason leaves no empty folders.
+
+    Args:
+        path: the output folder (for an output file: its parent folder).
+        what: what the folder is in the message, e.g. ``"--out"`` or ``"output_dir"``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        UserError: naming ``what`` and the folder: a part of the path is a file, the folder
+            cannot be created, or no file can be written in it (read-only file system,
+            permissions, a name the system refuses).
+    """
+    folder = Path(path)
+    created: list[Path] = []
+    try:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        for parent in reversed(missing):
+            parent.mkdir()
+            created.append(parent)
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is a file")
+        handle, probe = tempfile.mkstemp(prefix=".robustreid-write-check-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        if isinstance(err, NotADirectoryError):
+            reason = "it or a folder above it is a file, not a folder"
+        else:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise UserError(f"{what} {folder}: cannot write files in this folder ({reason}); "
+                        "choose another folder") from err
+    finally:
+        for made in reversed(created):
+            try:
+                made.rmdir()
+            except OSError:  # something else wrote into it meanwhile: keep it
+                pass
+    return folder

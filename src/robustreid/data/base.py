@@ -539,38 +539,49 @@ def read_list_file(
     """The files a list file names: one file or folder path per line, in order.
 
     Relative paths are resolved against the list file's folder; blank lines and lines
-    starting with ``#`` are skipped; a folder line becomes ``expand_folder(folder)``
-    (default: its images, :func:`list_images`).
+    starting with ``#`` are skipped; ``~`` and ``~user`` are expanded; a folder line becomes
+    ``expand_folder(folder)`` (default: its images, :func:`list_images`).
 
     Raises:
-        FileNotFoundError: a line names a missing file (the message gives the line number).
-        ValueError: the file is not UTF-8 text or names no files.
+        DatasetError: the list file cannot be read or is not UTF-8 text, it names no files,
+            or a line names a missing file or folder, a path the system cannot use (too
+            long, an unknown ``~user``) or a folder that cannot be listed; the message gives
+            the list file and the line number.
     """
     list_file = Path(list_file)
     try:
         text = list_file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"list file {list_file} is not UTF-8 text (expected one image path "
-                         f"per line): {err}") from err
+        raise DatasetError(f"list file {list_file} is not UTF-8 text (expected one image path "
+                           f"per line): {err}") from err
+    except OSError as err:
+        raise DatasetError(f"cannot read list file {list_file}: {err.strerror or err}") from err
     out: list[Path] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        path = Path(line).expanduser()
+        where = f"list file {list_file}, line {lineno}"
+        try:
+            path = Path(line).expanduser()
+        except RuntimeError as err:  # ~user of an unknown user, or no home directory
+            raise DatasetError(f"{where}: cannot expand {line!r}: {err}") from err
         if not path.is_absolute():
             path = list_file.parent / path
-        if path.is_dir():
-            out.extend(expand_folder(path))
-        elif path.is_file():
-            out.append(path)
-        else:
-            raise UserError(f"list file {list_file}, line {lineno}: no such file or "
-                                    f"folder: {line} (relative paths are resolved against "
-                                    f"{list_file.parent})")
+        try:
+            if path.is_dir():
+                out.extend(expand_folder(path))
+                continue
+            is_file = path.is_file()
+        except OSError as err:  # a name too long, a folder that cannot be listed, ...
+            raise DatasetError(f"{where}: cannot use {line!r}: {err.strerror or err}") from err
+        if not is_file:
+            raise DatasetError(f"{where}: no such file or folder: {line!r} (relative paths "
+                               f"are resolved against {list_file.parent})")
+        out.append(path)
     if not out:
-        raise ValueError(f"list file {list_file} names no files (expected one image path per "
-                         "line; blank lines and lines starting with # are skipped)")
+        raise DatasetError(f"list file {list_file} names no files (expected one image path per "
+                           "line; blank lines and lines starting with # are skipped)")
     return out
 
 
@@ -668,6 +679,22 @@ def read_folder_split(
             f"{sorted(drop)} (junk/distractors)"
         )
     return samples
+
+
+def check_option_types(dataset: str,
+                       values: Mapping[str, tuple[object, tuple[type, ...], str]]) -> None:
+    """Raise DatasetError for a reader option of the wrong type (options come from
+    ``data.options`` in YAML, so any type may arrive).
+
+    Args:
+        dataset: the reader's name, for the message.
+        values: option name -> (value, accepted types, what is expected in words); ``bool``
+            is not accepted where ``int`` is unless listed.
+    """
+    for name, (value, kinds, expected) in values.items():
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise DatasetError(f"dataset {dataset!r}, option {name}: got {value!r:.60}, "
+                               f"expected {expected}")
 
 
 def check_options(dataset: str, options: Mapping[str, object], accepted: Iterable[str]) -> None:

@@ -161,6 +161,7 @@ class RunDirectory:
 
     def __init__(self, path: str | Path) -> None:
         self.path = ensure_writable_dir(path, "output_dir")
+        self.path.mkdir(parents=True, exist_ok=True)
         self.resume_path: Path | None = None
         self.checkpoint: dict[str, Any] | None = None
         self.applied: list[tuple[str, Any, Any]] = []
