@@ -132,3 +132,29 @@ def _empty_torch_home(tmp_path_factory):
         os.environ.pop("TORCH_HOME", None)
     else:
         os.environ["TORCH_HOME"] = previous
+
+
+# ----------------------------------------------------------------- tiny training runs
+@pytest.fixture(scope="session")
+def tiny_synth_root(tmp_path_factory):
+    """A data root with a small SynthPerson set (12 training ids, 2-3 images per camera),
+    written once per test session; tests must not change it (copy it first)."""
+    from robustreid.data.synth import SynthConfig, generate_synthperson
+
+    root = tmp_path_factory.mktemp("tiny_synth")
+    generate_synthperson(root / "synthperson",
+                         SynthConfig.small(seed=1, num_train_ids=12, images_per_camera=(2, 3)),
+                         progress=False)
+    return root
+
+
+def tiny_train_args(root, out, *extra: str) -> list[str]:
+    """``robustreid train`` arguments for a run of seconds on ``root`` (see
+    :func:`tiny_synth_root`): the tiny backbone at 32 x 16, one epoch of two 2 x 4 batches,
+    evaluated at the end only; ``extra`` overrides come last and win."""
+    return ["train", "--config", "configs/synthperson.yaml", f"output_dir={out}",
+            f"data.root={root}", "data.height=32", "data.width=16", "data.num_workers=0",
+            "data.test_batch_size=64", "train.epochs=1", "train.iters=2",
+            "train.batch_size=8", "train.num_instances=4", "train.eval_every=0",
+            "cluster.k1=8", "cluster.k2=2", "cluster.min_samples=2", "cluster.eps=0.7",
+            f"model.arch={TINY_ARCH}", "model.pretrained=none", *extra]

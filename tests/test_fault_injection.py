@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.engine.checkpoint import load_checkpoint
-from tests.conftest import TINY_ARCH
+from tests.conftest import tiny_train_args
 from tests.fault_run import SIGNALS, run_with_fault
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,14 +45,10 @@ CHAIN = [
 
 
 def tiny_run_args(root: Path, out: Path) -> list[str]:
-    return ["train", "--config", "configs/synthperson.yaml", f"output_dir={out}",
-            f"data.root={root}", "data.height=32", "data.width=16", "data.num_workers=0",
-            "data.test_batch_size=64", "train.epochs=5", "train.iters=3",
-            "train.batch_size=8", "train.num_instances=4", "train.eval_every=0",
-            "cluster.k1=8", "cluster.k2=2", "cluster.min_samples=2", "cluster.eps=0.7",
-            "cluster.camera_normalize=true", f"model.arch={TINY_ARCH}",
-            "model.pretrained=none", "memory.init=csa", "memory.update=hps",
-            "method.csa_steps=5"]
+    """The chain's run: 5 epochs of 3 steps, CSA + HPS on (SAA trained every epoch)."""
+    return tiny_train_args(root, out, "train.epochs=5", "train.iters=3",
+                           "cluster.camera_normalize=true", "memory.init=csa",
+                           "memory.update=hps", "method.csa_steps=5")
 
 
 class FaultProcess:
@@ -82,13 +77,9 @@ def _child(point: str, nth: int, signum: int, args: list[str], stderr: Path) -> 
     sys.exit(run_with_fault(point, nth, signum, args))
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generate_synthperson(root / "synthperson",
-                         SynthConfig.small(seed=1, num_train_ids=12, images_per_camera=(2, 3)),
-                         progress=False)
-    return root
+@pytest.fixture
+def synth_root(tiny_synth_root):
+    return tiny_synth_root
 
 
 def test_kill_9_at_ten_points_then_resume_reaches_the_uninterrupted_weights(synth_root,

@@ -18,18 +18,13 @@ from robustreid.cli import main
 from robustreid.data import Sample
 from robustreid.data.base import DatasetError, check_image_headers
 from robustreid.data.decoded import DecodedImages
-from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.engine.checkpoint import load_checkpoint
-from tests.conftest import TINY_ARCH
+from tests.conftest import tiny_train_args
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    generate_synthperson(root / "synthperson",
-                         SynthConfig.small(seed=1, num_train_ids=12, images_per_camera=(2, 3)),
-                         progress=False)
-    return root
+@pytest.fixture
+def synth_root(tiny_synth_root):
+    return tiny_synth_root
 
 
 @pytest.fixture(autouse=True)
@@ -38,12 +33,7 @@ def _one_thread(single_thread):
 
 
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--config", "configs/synthperson.yaml", f"output_dir={out}",
-            f"data.root={root}", "data.height=32", "data.width=16", "data.num_workers=0",
-            "data.test_batch_size=64", "train.epochs=1", "train.iters=2",
-            "train.batch_size=8", "train.num_instances=4", "train.eval_every=0",
-            "cluster.k1=8", "cluster.k2=2", "cluster.min_samples=2", "cluster.eps=0.7",
-            f"model.arch={TINY_ARCH}", "model.pretrained=none", *extra]
+    return tiny_train_args(root, out, *extra)
 
 
 def run(args: list[str], capsys) -> tuple[int, str]:
