@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from robustreid import distributed as rd
 from robustreid.data import build_dataset
 from robustreid.engine.checkpoint import load_checkpoint
 from robustreid.engine.hooks import HookBase, ReplicaCheck
+from robustreid.errors import RunInterrupted
 from tests.conftest import Kill, make_trainer, tiny_config
 
 # The two runs compared: the baseline (mean init, mean update) and the method (CSA init,
@@ -107,6 +109,24 @@ def _hang(rank: int) -> str | None:
     return "no error"
 
 
+class SignalOnRank1(HookBase):
+    """A SIGTERM that only rank 1 receives, during epoch 1 step 2."""
+
+    def after_step(self, trainer, ctx, step) -> None:
+        if rd.get_rank() == 1 and (ctx.epoch, step.iteration) == (1, 2):
+            trainer._stop_signal = signal.SIGTERM
+
+
+def _stopped_by_one_signal(data, out: Path) -> str:
+    """A run in which one process gets SIGTERM: the message every process stops with."""
+    trainer = make_trainer(tiny_config(out, *COMMON), data, hooks=[SignalOnRank1()])
+    try:
+        trainer.fit()
+    except RunInterrupted as err:
+        return str(err)
+    return "not stopped"
+
+
 def _worker(rank: int, world: int, init_file: str, root: str, out: str) -> None:
     """One of 2 processes: the helpers, both runs, a run killed in epoch 2 and its
     resumption, and at last a hung peer."""
@@ -129,6 +149,7 @@ def _worker(rank: int, world: int, init_file: str, root: str, out: str) -> None:
         except Kill:
             pass
         results["resumed"] = _run(killed, data, resume=True)
+        results["signal"] = _stopped_by_one_signal(data, Path(out) / "signal")
         results["hang"] = _hang(rank)
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
@@ -201,9 +222,17 @@ def test_killed_two_process_run_resumes_to_the_uninterrupted_one(two_process_run
     assert not any(k.startswith("module.") for k in last["model"])
 
 
+def test_a_signal_to_one_process_stops_all_after_the_same_step(two_process_runs):
+    # the stop is agreed between the processes, so none waits for the other in a collective
+    stops = [two_process_runs[rank]["signal"] for rank in (0, 1)]
+    assert stops[0] == stops[1]
+    assert "stopped by SIGTERM in epoch 1 (after step 2/3)" in stops[0]
+
+
 def test_only_the_main_process_writes(two_process_runs):
     out = two_process_runs["out"] / "baseline"
-    assert sorted(p.name for p in out.iterdir()) == ["best.pth", "last.pth", "metrics.jsonl",
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best.pth", "last.prev.pth",
+                                                     "last.pth", "metrics.jsonl",
                                                      "tensorboard"]
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").open()]
     assert epochs == [0, 1, 2]  # once each

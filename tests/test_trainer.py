@@ -4,6 +4,8 @@ and survives degenerate clusterings."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import robustreid.engine.trainer as trainer_module
 from robustreid.clustering.labellers import EpochLabels, InstanceWarmup
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.engine.hooks import HookBase
+from robustreid.errors import RunInterrupted, TrainingDiverged
 from robustreid.evaluation.features import extract_features
 from tests.conftest import Kill, make_trainer, tiny_config
 
@@ -146,7 +149,7 @@ def test_instance_warmup_then_clustering(tiny_data, tmp_path):
 def test_bad_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "last.pth"
     bad.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="last.pth could not be read"):
+    with pytest.raises(CheckpointError, match="last.pth is not a PyTorch checkpoint"):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "none.pth")
@@ -318,3 +321,46 @@ def test_in_batch_csa_trains_jointly_and_resumes_exactly(tiny_data, tmp_path):
                                         (full.update, resumed.update)):
         for key, value in module_full.state_dict().items():
             torch.testing.assert_close(module_resumed.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_sigterm_stops_after_the_step_and_resume_matches_uninterrupted(tiny_data, tmp_path):
+    full = make_trainer(tiny_config(tmp_path / "full"), tiny_data)
+    full.fit()
+    handler_before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(epoch, iteration):
+        if (epoch, iteration) == (2, 1):
+            os.kill(os.getpid(), signal.SIGTERM)  # as a cluster pre-empting the job
+
+    cfg = tiny_config(tmp_path / "stopped")
+    stopped = make_trainer(cfg, tiny_data, on_iteration=terminate)
+    with pytest.raises(RunInterrupted, match=r"stopped by SIGTERM in epoch 2 \(after step "
+                                             r"1/3\); .*last.pth holds epoch 1\. Rerun with "
+                                             r"--resume") as info:
+        stopped.fit()
+    assert info.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # restored
+    assert load_checkpoint(tmp_path / "stopped/last.pth")["epoch"] == 1
+    resumed = make_trainer(cfg, tiny_data)
+    resumed.fit(resume=True)
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    cfg = tiny_config(tmp_path / "run", "train.epochs=3")
+    saved = {}
+
+    def poison(epoch, iteration):
+        if (epoch, iteration) == (2, 1):
+            saved["last"] = (tmp_path / "run/last.pth").read_bytes()
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+    trainer = make_trainer(cfg, tiny_data, on_iteration=poison)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2 step 2: the loss is nan; the run is "
+                                               r"stopped and .*last.pth \(epoch 1\) is kept"):
+        trainer.fit()
+    assert (tmp_path / "run/last.pth").read_bytes() == saved["last"]
+    assert [json.loads(line)["epoch"] for line in
+            (tmp_path / "run/metrics.jsonl").read_text().splitlines()] == [0, 1]

@@ -10,9 +10,9 @@ global batch. The rest of the library asks this module, and only this module:
 * collectives that fail with a clear :class:`DistributedError` when a peer fails or hangs
   (:func:`collective`): :func:`all_gather_padded` (every rank's rows, in rank order),
   :func:`gather_round_robin` (blocks embedded round-robin, back in data set order),
-  :func:`broadcast_object`, :func:`all_gather_object`, :func:`run_on_main` (computed once
-  on rank 0, handed to every rank), :func:`barrier`, :func:`replicas_agree` (checksums of
-  every rank's copy);
+  :func:`broadcast_object`, :func:`all_gather_object`, :func:`all_reduce_max`,
+  :func:`run_on_main` (computed once on rank 0, handed to every rank), :func:`barrier`,
+  :func:`replicas_agree` (checksums of every rank's copy);
 * the model: :func:`wrap_model` (SyncBatchNorm and ``DistributedDataParallel``),
   :func:`unwrap_model`, :func:`broadcast_buffers`, and :class:`GlobalBatchNorm`, BatchNorm
   over the batch of every rank on any device (PyTorch's ``SyncBatchNorm`` takes GPU tensors
@@ -222,6 +222,17 @@ def gather_round_robin(local: Tensor, total: int, block: int, what: str = "gathe
     out = torch.empty_like(gathered)
     out[order.to(gathered.device)] = gathered
     return out
+
+
+def all_reduce_max(value: int, what: str = "all-reduce") -> int:
+    """The largest of every rank's integer ``value`` (``value`` itself without a process
+    group): e.g. a stop flag that any rank may have raised."""
+    if get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=_comm_device())
+    with collective(what):
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 def _to_cpu(obj: Any) -> Any:

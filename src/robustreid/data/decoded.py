@@ -25,7 +25,7 @@ import torchvision.transforms as T
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from robustreid.data.base import Sample
+from robustreid.data.base import DatasetError, Sample
 from robustreid.data.dataset import ImageDataset
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -48,21 +48,27 @@ class DecodedImages:
     Attributes:
         images: ``N x 3 x height x width`` uint8 (on the CPU, or where :meth:`to` put it).
 
-    A missing or corrupt image raises :class:`~robustreid.data.DatasetError` naming it.
+    A missing or corrupt image raises :class:`~robustreid.data.DatasetError` naming it (and
+    how many others are bad), after the pass, without a worker process's traceback.
     """
 
     def __init__(self, samples: Sequence[Sample], height: int, width: int, *,
                  num_workers: int = 0, desc: str = "decode") -> None:
         if not samples:
             raise ValueError(f"{desc}: no samples to decode")
-        loader = DataLoader(ImageDataset(samples, resize_to_uint8(height, width)),
+        loader = DataLoader(_DecodeOrReport(samples, height, width),
                             batch_size=256, shuffle=False, num_workers=num_workers)
         self.images = torch.empty((len(samples), 3, height, width), dtype=torch.uint8)
         start = 0
-        for batch, _, _, _ in tqdm(loader, desc=desc, leave=False,
-                                   disable=not sys.stderr.isatty()):
+        problems: list[str] = []
+        for batch, errors in tqdm(loader, desc=desc, leave=False,
+                                  disable=not sys.stderr.isatty()):
             self.images[start:start + len(batch)] = batch
             start += len(batch)
+            problems += [e for e in errors if e]
+        if problems:
+            raise DatasetError(f"{desc}: {len(problems)} of {len(samples)} images cannot be "
+                               f"decoded; first: {problems[0]}")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -77,6 +83,22 @@ class DecodedImages:
         """``B`` row indices -> ``B x 3 x H x W`` uint8 images, on the images' device."""
         index = torch.as_tensor(indices, dtype=torch.long).to(self.images.device)
         return self.images[index]
+
+
+class _DecodeOrReport(ImageDataset):
+    """Item ``i``: (uint8 image (3, H, W), "") or, for an unreadable file, (zeros, the
+    error's message): a worker reports a bad image instead of raising through the
+    DataLoader (whose message would carry the worker's traceback)."""
+
+    def __init__(self, samples: Sequence[Sample], height: int, width: int) -> None:
+        super().__init__(samples, resize_to_uint8(height, width))
+        self.shape = (3, height, width)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:  # type: ignore[override]
+        try:
+            return super().__getitem__(index)[0], ""
+        except DatasetError as err:
+            return torch.zeros(self.shape, dtype=torch.uint8), str(err)
 
 
 def normalize_uint8(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,

@@ -217,7 +217,8 @@ class CheckpointHook(HookBase):
                 logger.info("new best %s %.2f%% at epoch %d, saved %s", self.metric,
                             100 * value, trainer.state.epoch, self.out_dir / "best.pth")
         if is_main_process():
-            save_checkpoint(self.out_dir / "last.pth", payload)
+            # verified, and the one it replaces kept as last.prev.pth
+            save_checkpoint(self.out_dir / "last.pth", payload, keep_previous=True)
 
 
 class IterationCallback(HookBase):

@@ -11,12 +11,16 @@ by momentum.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +45,9 @@ from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_t
 from robustreid.distributed import (
     all_gather_object,
     all_gather_padded,
+    all_reduce_max,
     batch_share,
     broadcast_buffers,
-    broadcast_object,
     gather_round_robin,
     get_rank,
     get_world_size,
@@ -52,7 +56,7 @@ from robustreid.distributed import (
     run_on_main,
     wrap_model,
 )
-from robustreid.engine.checkpoint import load_checkpoint, model_meta
+from robustreid.engine.checkpoint import model_meta
 from robustreid.engine.hooks import (
     CheckpointHook,
     EpochContext,
@@ -64,7 +68,8 @@ from robustreid.engine.hooks import (
     MetricsWriter,
     StepContext,
 )
-from robustreid.errors import UserError
+from robustreid.engine.rundir import RunDirectory
+from robustreid.errors import RunInterrupted, TrainingDiverged, UserError
 from robustreid.evaluation.evaluate import evaluate_features
 from robustreid.evaluation.features import embed_decoded
 from robustreid.evaluation.ranking import RankingResult
@@ -245,6 +250,7 @@ class Trainer:
         # Every split is decoded and resized once per run, on first use.
         self._decoded: dict[str, DecodedImages] = {}
         self.state = TrainState()
+        self._stop_signal: int | None = None  # set by SIGINT/SIGTERM during fit
         self.hooks: list[HookBase] = []
         # Without query/gallery there is nothing to measure: no mAP, no best.pth; last.pth
         # (the last epoch) is the trained model.
@@ -275,28 +281,114 @@ class Trainer:
             getattr(hook, name)(self, *args)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, resume: bool = False) -> TrainState:
-        """Train for ``cfg.train.epochs`` epochs; with ``resume``, continue from the last
-        checkpoint in the output folder (a fresh start if there is none)."""
-        if is_main_process():
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and self._checkpoint_exists(self.out_dir / "last.pth"):
-            self._restore(self.out_dir / "last.pth")
-            logger.info("resumed from %s after epoch %d", self.out_dir / "last.pth",
-                        self.state.epoch)
-        self._call("before_train")
-        for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
-            self._seed_epoch(epoch)
-            record = self.train_one_epoch(epoch)
-            with warnings.catch_warnings():
-                # a skipped epoch made no optimiser step; the schedule still follows epochs
-                warnings.filterwarnings("ignore", _SCHEDULER_ORDER_WARNING)
-                self.scheduler.step()
-            self.state.epoch = epoch
-            self._call("after_epoch", record)
-            self.record(record)
-        self._call("after_train")
+    def fit(self, resume: bool = False, overwrite: bool = False,
+            run: RunDirectory | None = None) -> TrainState:
+        """Train for ``cfg.train.epochs`` epochs.
+
+        The output folder is owned for the whole run (:class:`RunDirectory`: a lock; a
+        folder holding a run is refused unless ``resume`` or ``overwrite``). With
+        ``resume``, training continues from the folder's checkpoint (``last.pth``, or the
+        previous one if it is damaged; a fresh start if there is none), after checking that
+        no setting defining the run has changed.
+
+        SIGINT and SIGTERM (when called from the main thread) stop the run after the
+        current step with :class:`~robustreid.errors.RunInterrupted`: ``last.pth`` holds
+        the last finished epoch and ``resume`` repeats the interrupted one exactly. A NaN
+        or infinite loss stops it with :class:`~robustreid.errors.TrainingDiverged`,
+        keeping the last good checkpoint.
+
+        Under a process group only rank 0 holds the folder and reads the checkpoint, which
+        it hands to every process; a refusal there stops every process; a signal to any
+        process stops all of them after the same step.
+
+        Args:
+            resume, overwrite: see :class:`RunDirectory`.
+            run: an already started :class:`RunDirectory` (the command line starts it
+                before loading data, so a refused start costs nothing); its checkpoint is
+                restored, and it stays open. Rank 0's only, under a process group.
+        """
+        owned = run is None
+        held = [run]
+
+        def start_on_main() -> tuple[dict[str, Any] | None, Path | None]:
+            if held[0] is None:
+                held[0] = RunDirectory.open(self.out_dir, config_to_dict(self.cfg),
+                                            resume=resume, overwrite=overwrite)
+            return held[0].checkpoint, held[0].resume_path
+
+        checkpoint, resume_path = run_on_main(start_on_main, "opening the output folder")
+        run = held[0]  # None on the other ranks
+        try:
+            if checkpoint is not None:
+                self._restore(checkpoint)
+                logger.info("resumed from %s after epoch %d", resume_path, self.state.epoch)
+            with self._stop_on_signals():
+                self._decode_splits()
+                self._call("before_train")
+                for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
+                    self._check_stop(epoch, "before the epoch")
+                    self._seed_epoch(epoch)
+                    record = self.train_one_epoch(epoch)
+                    with warnings.catch_warnings():
+                        # a skipped epoch made no optimiser step; the schedule still
+                        # follows epochs
+                        warnings.filterwarnings("ignore", _SCHEDULER_ORDER_WARNING)
+                        self.scheduler.step()
+                    self.state.epoch = epoch
+                    self._call("after_epoch", record)
+                    self.record(record)
+                self._call("after_train")
+        finally:
+            if owned and run is not None:
+                run.close()
         return self.state
+
+    # ------------------------------------------------------------------ stopping
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM set a flag that the loop checks after every step and phase; a
+        second signal stops at once (KeyboardInterrupt). Only from the main thread (where
+        Python delivers signals); elsewhere the process's handlers stay as they are."""
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: object) -> None:
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            logger.warning("%s received: stopping after the current step (send it again to "
+                           "stop at once)", signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _check_stop(self, epoch: int, where: str) -> None:
+        """Raise :class:`RunInterrupted` if a stop signal arrived."""
+        signum = self._stop_signal
+        if self.world_size > 1:  # every process stops at the same point, or none does
+            signum = all_reduce_max(signum or 0, "agreeing on a stop signal") or None
+        if signum is None:
+            return
+        last = self.out_dir / "last.pth"
+        kept = (f"{last} holds epoch {self.state.epoch}" if self.state.epoch else
+                "no epoch had finished, so there is no checkpoint yet")
+        raise RunInterrupted(
+            f"stopped by {signal.Signals(signum).name} in epoch {epoch} ({where}); {kept}. "
+            "Rerun with --resume to continue: the interrupted epoch is repeated exactly",
+            signum)
+
+    def _decode_splits(self) -> None:
+        """Decode every split up front, so that an unreadable image stops the run before
+        the first evaluation or epoch (decoding is needed by both anyway)."""
+        for split in ("train", "query", "gallery"):
+            if getattr(self.data, split):
+                self.images(split)
 
     def train_one_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch of the method: extract, pseudo-label, initialise memory, train."""
@@ -311,6 +403,7 @@ class Trainer:
                                    f"pseudo-labelling of epoch {epoch}")
         record.update(time_cluster=time.perf_counter() - start,
                       clusters=epoch_labels.num_clusters, outliers=epoch_labels.num_outliers)
+        self._check_stop(epoch, "after pseudo-labelling")
         ctx = EpochContext(epoch, record, features, epoch_labels)
         self._call("after_pseudo_labels", ctx)
         if epoch_labels.num_clusters < 2:
@@ -461,12 +554,20 @@ class Trainer:
             updated = update(memory, feats, targets, rows.to(self.device))
             if self.world_size > 1 and not tc.sync_bn:  # BatchNorm statistics of rank 0
                 broadcast_buffers(self.model)
-            losses.append(loss_value)
+            losses.append(loss_value)  # the global batch's: the same on every process
+            if not math.isfinite(losses[-1]):
+                kept = (f"{self.out_dir / 'last.pth'} (epoch {self.state.epoch}) is kept as "
+                        "the last good checkpoint" if self.state.epoch else
+                        "no checkpoint had been written yet")
+                raise TrainingDiverged(
+                    f"epoch {epoch} step {it}: the loss is {losses[-1]}; the run is stopped "
+                    f"and {kept}. Lower train.lr (now {tc.lr}) or check the data")
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             if it % tc.log_every == 0 or it == len(batches):
                 logger.info("epoch %d iter %d/%d loss %.3f", epoch, it, len(batches),
                             float(np.mean(losses[-tc.log_every:])))
             self._call("after_step", ctx, StepContext(it, rows, targets, updated, losses[-1]))
+            self._check_stop(epoch, f"after step {it}/{len(batches)}")
         return float(np.mean(losses))
 
     def _global_batch(self, feats: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
@@ -552,17 +653,8 @@ class Trainer:
         # a CUDA context on each of them in every process)
         return _rng_state(self.device if is_initialized() and self.cuda else None)
 
-    def _checkpoint_exists(self, path: Path) -> bool:
-        """Whether rank 0 sees ``path`` (the only process that writes and reads files)."""
-        return broadcast_object(path.is_file() if is_main_process() else None,
-                                what="looking for the checkpoint")
-
-    def _read_checkpoint(self, path: Path) -> dict[str, Any]:
-        """``path`` read by rank 0 and handed to every process (no shared disk needed)."""
-        return run_on_main(lambda: load_checkpoint(path), f"reading {path}")
-
-    def _restore(self, path: Path) -> None:
-        ckpt = self._read_checkpoint(path)
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        """Load a checkpoint payload written by :meth:`checkpoint_payload`."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
