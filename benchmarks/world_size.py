@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
     out = Path(args.out)
-    train = ["-m", "robustreid", "train", "--config", args.config, *args.overrides]
+    train = ["-m", "robustreid", "train", "--overwrite", "--config", args.config,
+             *args.overrides]
     folders = {"plain": out / "plain"}
     seconds = {"plain": run([sys.executable, *train, f"output_dir={folders['plain']}"],
                             args.threads)}

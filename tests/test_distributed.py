@@ -91,6 +91,14 @@ def _helpers(rank: int, world: int) -> dict:
     mine = torch.cat([feats[r] for r in rd.round_robin_blocks(10, 3, rank, world)])
     results["round_robin"] = rd.gather_round_robin(mine, 10, 3)
     results["main"] = rd.run_on_main(lambda: rank * 10 + 7, "a test")
+
+    def fails() -> None:
+        raise ValueError("bad clusters")
+
+    try:
+        rd.run_on_main(fails, "the test step")
+    except (ValueError, rd.DistributedError) as err:
+        results["failure"] = f"{type(err).__name__}: {err}"
     return results
 
 
@@ -263,6 +271,10 @@ def test_sync_batchnorm_gathers_and_hang(two_process_runs):
     assert r0["gather"].tolist() == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
     assert r1["round_robin"].flatten().tolist() == list(range(10))
     assert r0["main"] == r1["main"] == 7
+    # rank 0 fails in a step it runs alone: it raises its error, the other is told (no wait)
+    assert r0["failure"] == "ValueError: bad clusters"
+    assert r1["failure"] == ("DistributedError: rank 0 failed during the test step: "
+                             "ValueError: bad clusters")
     # the hung peer: rank 0's broadcast ends with a clear error instead of waiting for ever
     error = two_process_runs[0]["hang"]
     assert "rank 0 of 2: the test broadcast failed" in error
