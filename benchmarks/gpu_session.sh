@@ -8,7 +8,9 @@
 #   1. the device and software (nvidia-smi, torch);
 #   2. benchmarks/method_overhead.py on configs/market1501.yaml: ResNet-50 at 256 x 128,
 #      batch 256 (full-batch probes), with AMP (the config's setting) and without;
-#   3. benchmarks/clustering.py with the exact kNN on the GPU at N = 12,936 and N = 100,000;
+#   3. benchmarks/ddp_overhead.py: training steps through DistributedDataParallel with one
+#      process against the plain path (ResNet-50, batch 256, AMP);
+#      benchmarks/clustering.py with the exact kNN on the GPU at N = 12,936 and N = 100,000;
 #   4. the paired SynthPerson ablation ($CONFIG, by default the Market-sized preset, generated
 #      under data/ if missing), seeds 1..$SEEDS, $JOBS runs at a time, stopped so that the
 #      whole script ends by $DEADLINE seconds (finished runs are kept; the table and plot
@@ -48,6 +50,11 @@ echo "== method overhead, float32"
 timeout 100 "$PY" benchmarks/method_overhead.py --device cuda --train-probe 256 \
     --extract-probe 256 --repeat 5 --hps-batches 50 --no-amp > "$OUT/overhead_fp32.txt" 2>&1
 tail -n 4 "$OUT/overhead_fp32.txt"
+
+echo "== DDP code path with one process against the plain one (torchrun, issue 16)"
+timeout 120 "$PY" benchmarks/ddp_overhead.py --config configs/market1501.yaml --device cuda \
+    --steps 20 --rounds 5 > "$OUT/ddp_overhead.txt" 2>&1
+tail -n 4 "$OUT/ddp_overhead.txt"
 
 echo "== clustering, kNN on the GPU"
 { timeout 60 "$PY" benchmarks/clustering.py --device cuda --skip-random --approx-n 0

@@ -1,10 +1,29 @@
-"""Shared test helpers: a tiny registered backbone so training tests run in seconds."""
+"""Shared test helpers: a tiny registered backbone so training tests run in seconds, and the
+hypothesis profiles of the property-based tests."""
 
 from __future__ import annotations
 
+import os
+
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 from robustreid.models import BACKBONES, register_backbone
+
+# Property-based tests (tests/test_properties_*.py). "ci", the default, is reproducible: the
+# examples are derived from each test's name (derandomize), no example database is read or
+# written, and a modest number of examples keeps the whole suite ~10 s slower at most.
+# "explore" draws fresh random examples and keeps failing ones in .hypothesis/ for a local
+# bug hunt: HYPOTHESIS_PROFILE=explore pytest tests/test_properties_*.py
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "explore", max_examples=1000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TINY_ARCH = "tiny_cnn_for_tests"
 
@@ -113,3 +132,64 @@ def _empty_torch_home(tmp_path_factory):
         os.environ.pop("TORCH_HOME", None)
     else:
         os.environ["TORCH_HOME"] = previous
+
+
+# ----------------------------------------------------------------- tiny training runs
+@pytest.fixture(scope="session")
+def tiny_synth_root(tmp_path_factory):
+    """A data root with a small SynthPerson set (12 training ids, 2-3 images per camera),
+    written once per test session; tests must not change it (copy it first)."""
+    from robustreid.data.synth import SynthConfig, generate_synthperson
+
+    root = tmp_path_factory.mktemp("tiny_synth")
+    generate_synthperson(root / "synthperson",
+                         SynthConfig.small(seed=1, num_train_ids=12, images_per_camera=(2, 3)),
+                         progress=False)
+    return root
+
+
+def tiny_train_args(root, out, *extra: str) -> list[str]:
+    """``robustreid train`` arguments for a run of seconds on ``root`` (see
+    :func:`tiny_synth_root`): the tiny backbone at 32 x 16, one epoch of two 2 x 4 batches,
+    evaluated at the end only; ``extra`` overrides come last and win."""
+    return ["train", "--config", "configs/synthperson.yaml", f"output_dir={out}",
+            f"data.root={root}", "data.height=32", "data.width=16", "data.num_workers=0",
+            "data.test_batch_size=64", "train.epochs=1", "train.iters=2",
+            "train.batch_size=8", "train.num_instances=4", "train.eval_every=0",
+            "cluster.k1=8", "cluster.k2=2", "cluster.min_samples=2", "cluster.eps=0.7",
+            f"model.arch={TINY_ARCH}", "model.pretrained=none", *extra]
+
+
+from robustreid.config import load_config  # noqa: E402
+from robustreid.data import build_dataset  # noqa: E402
+from robustreid.utils import seed_everything  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_synth_root):
+    """The tiny SynthPerson set of :func:`tiny_synth_root`, read (shared, do not change)."""
+    return build_dataset("synthperson", tiny_synth_root / "synthperson")
+
+
+def tiny_config(out, *extra):
+    """A 2-epoch run of 3 steps of 2 x 4 images at 32 x 16 with the tiny backbone."""
+    return load_config("configs/synthperson.yaml", [
+        f"output_dir={out}", "data.height=32", "data.width=16", "data.num_workers=0",
+        "data.test_batch_size=64", "train.epochs=2", "train.iters=3", "train.batch_size=8",
+        "train.num_instances=4", "train.eval_every=1", "cluster.k1=8", "cluster.k2=2",
+        "cluster.min_samples=2", "cluster.eps=0.7", "cluster.camera_normalize=true",
+        f"model.arch={TINY_ARCH}", *extra,
+    ])
+
+
+def make_trainer(cfg, data, **kwargs):
+    """A CPU trainer of the tiny backbone, seeded by ``cfg.seed``."""
+    from robustreid.engine.trainer import Trainer
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model.arch, pretrained="none")
+    return Trainer(cfg, model, data, torch.device("cpu"), **kwargs)
+
+
+class Kill(Exception):
+    """Raised by a test's iteration callback to interrupt a run."""

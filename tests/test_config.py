@@ -47,7 +47,7 @@ def test_defaults():
     assert (cfg.data.height, cfg.data.width) == (256, 128)
     assert cfg.data.num_workers == 4
     assert cfg.data.test_batch_size == 128
-    assert cfg.data.verify_images is False
+    assert cfg.data.check_images == "header"
     assert cfg.data.options == {}
     assert cfg.model == ModelConfig(
         arch="resnet50", pretrained="imagenet", last_stride=1, pooling="gem", gem_p=3.0, neck="bn"

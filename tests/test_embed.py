@@ -334,13 +334,14 @@ def test_load_embeddings_rejects_other_files(tmp_path: Path) -> None:
         load_embeddings(text)
     partial = tmp_path / "partial.npz"
     np.savez(partial, features=np.zeros((2, 4), np.float32), paths=np.array(["a", "b"]))
-    with pytest.raises(EmbeddingsFileError, match=r"partial\.npz.*missing pids, camids, meta"):
+    with pytest.raises(EmbeddingsFileError,
+                       match=r"partial\.npz: missing arrays 'pids', 'camids', 'meta'"):
         load_embeddings(partial)
     wrong = tmp_path / "wrong.npz"
-    np.savez(wrong, features=np.zeros((2, 4), np.float32), paths=np.array(["a", "b"]),
+    np.savez(wrong, features=np.eye(2, 4, dtype=np.float32), paths=np.array(["a", "b"]),
              pids=np.zeros(3, np.int64), camids=np.zeros(2, np.int64),
              meta=np.array(json.dumps({"kind": "robustreid-embeddings"})))
-    with pytest.raises(EmbeddingsFileError, match=r"wrong\.npz: inconsistent arrays"):
+    with pytest.raises(EmbeddingsFileError, match=r"wrong\.npz: 'pids' must be 2 integers"):
         load_embeddings(wrong)
 
 

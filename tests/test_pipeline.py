@@ -118,7 +118,7 @@ def test_cli_evaluate_model_and_baselines(synth_root, tmp_path, capsys):
     assert "mAP" in printed and "rank-1" in printed and "mobilenet_v2" in printed
     metrics = json.loads((out / "eval_model.json").read_text())
     assert 0.0 < metrics["mAP"] <= 1.0
-    assert (out / "config.yaml").is_file() and (out / "evaluate.log").is_file()
+    assert (out / "eval_model_config.yaml").is_file() and (out / "evaluate.log").is_file()
     for kind in ("raw_pixels", "color_histogram"):
         assert main(["evaluate", *common, "--features", kind]) == 0
         assert kind in capsys.readouterr().out

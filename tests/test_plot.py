@@ -170,3 +170,11 @@ def test_cli_plot_missing_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("robustreid plot: error: metrics file")
     assert "no_run" in err
+
+
+def test_cli_plot_damaged_metrics_is_one_line_exit_2(tmp_path, capsys):
+    run = write_metrics(tmp_path / "run", extra_lines=['{"epoch": 5, "loss": 1.0'])
+    assert main(["plot", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robustreid plot: error: ") and "line 6: not valid JSON" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -4,6 +4,8 @@ and survives degenerate clusterings."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -12,40 +14,11 @@ import torch
 import robustreid
 import robustreid.engine.trainer as trainer_module
 from robustreid.clustering.labellers import EpochLabels, InstanceWarmup
-from robustreid.config import load_config
-from robustreid.data import build_dataset
-from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.engine.hooks import HookBase
-from robustreid.engine.trainer import Trainer
+from robustreid.errors import RunInterrupted, TrainingDiverged
 from robustreid.evaluation.features import extract_features
-from robustreid.models import build_model
-from robustreid.utils import seed_everything
-from tests.conftest import TINY_ARCH
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth") / "synthperson"
-    config = SynthConfig.small(seed=1, num_train_ids=12, images_per_camera=(2, 3))
-    generate_synthperson(root, config, progress=False)
-    return build_dataset("synthperson", root)
-
-
-def tiny_config(out, *extra):
-    return load_config("configs/synthperson.yaml", [
-        f"output_dir={out}", "data.height=32", "data.width=16", "data.num_workers=0",
-        "data.test_batch_size=64", "train.epochs=2", "train.iters=3", "train.batch_size=8",
-        "train.num_instances=4", "train.eval_every=1", "cluster.k1=8", "cluster.k2=2",
-        "cluster.min_samples=2", "cluster.eps=0.7", "cluster.camera_normalize=true",
-        f"model.arch={TINY_ARCH}", *extra,
-    ])
-
-
-def make_trainer(cfg, data, **kwargs):
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model.arch, pretrained="none")
-    return Trainer(cfg, model, data, torch.device("cpu"), **kwargs)
+from tests.conftest import Kill, make_trainer, tiny_config
 
 
 def test_trains_logs_and_checkpoints(tiny_data, tmp_path):
@@ -78,10 +51,6 @@ def test_trains_logs_and_checkpoints(tiny_data, tmp_path):
     trainer.model.load_state_dict(best["model"])
     expected = extract_features(trainer.model, tiny_data.query[:3], trainer.test_transform)
     torch.testing.assert_close(extractor(images), expected, atol=1e-5, rtol=0)
-
-
-class Kill(Exception):
-    pass
 
 
 def killed_at_epoch_2_then_resumed(cfg, data):
@@ -180,7 +149,7 @@ def test_instance_warmup_then_clustering(tiny_data, tmp_path):
 def test_bad_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "last.pth"
     bad.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="last.pth could not be read"):
+    with pytest.raises(CheckpointError, match="last.pth is not a PyTorch checkpoint"):
         load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "none.pth")
@@ -373,3 +342,46 @@ def test_features_streamed_to_disk_and_infomap_clustering(tiny_data, tmp_path):
     record = state.history[-1]
     assert record["clusters"] >= 2  # InfoMap clusters fed the memory and training
     assert np.isfinite(record["loss"])
+
+
+def test_sigterm_stops_after_the_step_and_resume_matches_uninterrupted(tiny_data, tmp_path):
+    full = make_trainer(tiny_config(tmp_path / "full"), tiny_data)
+    full.fit()
+    handler_before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(epoch, iteration):
+        if (epoch, iteration) == (2, 1):
+            os.kill(os.getpid(), signal.SIGTERM)  # as a cluster pre-empting the job
+
+    cfg = tiny_config(tmp_path / "stopped")
+    stopped = make_trainer(cfg, tiny_data, on_iteration=terminate)
+    with pytest.raises(RunInterrupted, match=r"stopped by SIGTERM in epoch 2 \(after step "
+                                             r"1/3\); .*last.pth holds epoch 1\. Rerun with "
+                                             r"--resume") as info:
+        stopped.fit()
+    assert info.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # restored
+    assert load_checkpoint(tmp_path / "stopped/last.pth")["epoch"] == 1
+    resumed = make_trainer(cfg, tiny_data)
+    resumed.fit(resume=True)
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    cfg = tiny_config(tmp_path / "run", "train.epochs=3")
+    saved = {}
+
+    def poison(epoch, iteration):
+        if (epoch, iteration) == (2, 1):
+            saved["last"] = (tmp_path / "run/last.pth").read_bytes()
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+    trainer = make_trainer(cfg, tiny_data, on_iteration=poison)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2 step 2: the loss is nan; the run is "
+                                               r"stopped and .*last.pth \(epoch 1\) is kept"):
+        trainer.fit()
+    assert (tmp_path / "run/last.pth").read_bytes() == saved["last"]
+    assert [json.loads(line)["epoch"] for line in
+            (tmp_path / "run/metrics.jsonl").read_text().splitlines()] == [0, 1]

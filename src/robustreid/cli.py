@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from robustreid.config import Config, ConfigError, load_config, save_config
-from robustreid.errors import UserError
-from robustreid.io import atomic_write_text
+from robustreid.errors import RunInterrupted, UserError
+from robustreid.io import atomic_write_text, ensure_writable_dir
 
 logger = logging.getLogger("robustreid.cli")
 
@@ -101,8 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
         "there is a query/gallery split to evaluate on) go to output_dir.",
     )
     _add_config_arguments(train, "configs/synthperson.yaml")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from output_dir/last.pth if it exists")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue the run in output_dir from its last checkpoint "
+                       "(last.pth, or last.prev.pth if last.pth is damaged)")
+    start.add_argument("--overwrite", action="store_true",
+                       help="delete the run in output_dir (checkpoints, metrics, logs) and "
+                       "start afresh; without --resume or --overwrite a folder holding a run "
+                       "is refused")
+    train.epilog = ("Several GPUs or machines: torchrun --nproc_per_node=N -m robustreid train "
+                    "... (README, 'Training on several GPUs and nodes').")
 
     demo = sub.add_parser(
         "demo", help="generate SynthPerson if missing and train on it",
@@ -130,15 +138,9 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
-def _start_run(cfg: Config, name: str) -> Path:
-    from robustreid.utils import setup_logging
-
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out / f"{name}.log")
-    save_config(cfg, out / "config.yaml")
-    logger.info("resolved configuration saved to %s", out / "config.yaml")
-    return out
+def _save_resolved_config(cfg: Config, path: Path) -> None:
+    save_config(cfg, path)
+    logger.info("resolved configuration saved to %s", path)
 
 
 def synth_config_from_args(args: argparse.Namespace) -> Any:
@@ -260,8 +262,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         state_dict = ckpt["model"]
     if args.dataset:
         cfg.data.dataset = args.dataset
-    out = _start_run(cfg, "evaluate")
+    from robustreid.utils import setup_logging
+
+    # evaluate writes beside a run's files, never over them (config.yaml is the run's)
+    out = ensure_writable_dir(cfg.output_dir, "output_dir")
+    setup_logging(out / "evaluate.log")
     metrics = evaluate_config(cfg, args.features, args.checkpoint, state_dict)
+    _save_resolved_config(cfg, out / f"eval_{args.features}_config.yaml")
     path = out / f"eval_{args.features}.json"
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     logger.info("metrics written to %s", path)
@@ -282,18 +289,49 @@ def _with_checkpoint_model(cfg: Config, ckpt: dict[str, Any], checkpoint: str) -
     return config_from_dict(merged, source=str(checkpoint))
 
 
-def train_config(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Build data, model and trainer from ``cfg`` and train; returns the last epoch's record."""
-    from robustreid.data import build_configured_data
-    from robustreid.engine.trainer import Trainer
-    from robustreid.utils import resolve_device, seed_everything
+def train_config(cfg: Config, resume: bool = False, overwrite: bool = False,
+                 log_name: str = "train") -> dict[str, Any]:
+    """Build data, model and trainer from ``cfg`` and train; returns the last epoch's record.
 
-    seed_everything(cfg.seed)
-    data = build_configured_data(cfg.data)
-    device = resolve_device(cfg.device)
-    trainer = Trainer(cfg, build_configured_model(cfg), data, device)
-    state = trainer.fit(resume=resume)
+    The order keeps a refused start free and harmless: the output folder is locked and
+    checked first (:class:`~robustreid.engine.rundir.RunDirectory`: another run, an
+    existing run without ``resume``/``overwrite``, a resume with changed settings), then
+    the model and the data are built (with their checks), and only then, when the run is known
+    to start, is ``config.yaml`` written. The log (``<log_name>.log``) is appended to from
+    the moment the folder is held.
+    """
+    from robustreid.config import config_to_dict
+    from robustreid.data import build_configured_data
+    from robustreid.distributed import is_main_process, local_device, run_on_main
+    from robustreid.engine.rundir import RunDirectory
+    from robustreid.engine.trainer import Trainer
+    from robustreid.utils import resolve_device, seed_everything, setup_logging
+
+    out = Path(cfg.output_dir)
+    held: list[RunDirectory] = []
+
+    def hold_folder() -> None:  # under torchrun rank 0 alone holds and writes the folder
+        run = RunDirectory(out)
+        held.append(run)
+        setup_logging(out / f"{log_name}.log")
+        run.start(config_to_dict(cfg), resume=resume, overwrite=overwrite)
+
+    try:
+        run_on_main(hold_folder, "opening output_dir")  # a refusal stops every process
+        seed_everything(cfg.seed)
+        device = local_device(resolve_device(cfg.device))  # under torchrun: cuda:LOCAL_RANK
+        model = build_configured_model(cfg)  # before the data: a missing weights file is
+        data = build_configured_data(cfg.data)  # found without reading every image first
+        trainer = Trainer(cfg, model, data, device)
+        if is_main_process():
+            _save_resolved_config(cfg, out / "config.yaml")
+        state = trainer.fit(run=held[0] if held else None)
+    finally:
+        for run in held:
+            run.close()
     first, last = state.history[0], state.history[-1]
+    if not is_main_process():
+        return last
     print(f"{cfg.data.dataset}: {cfg.model.arch}, {state.epoch} epochs, outputs in "
           f"{cfg.output_dir}")
     if data.has_test_split:
@@ -312,24 +350,35 @@ def train_config(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from robustreid.distributed import is_main_process, process_group
+    from robustreid.utils import resolve_device, setup_logging
+
     cfg = _load(args)
-    _start_run(cfg, "train")
-    train_config(cfg, resume=args.resume)
+    # under torchrun: one process group for the run (NCCL on GPUs, gloo on the CPU); only
+    # rank 0 logs (the others print errors only)
+    with process_group(resolve_device(cfg.device), cfg.train.dist_timeout):
+        setup_logging(level=logging.INFO if is_main_process() else logging.ERROR)
+        train_config(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from robustreid.data.synth import SynthConfig, generate_synthperson
+    from robustreid.distributed import launched_by_torchrun
+    from robustreid.utils import setup_logging
 
+    if launched_by_torchrun():
+        raise UserError("the demo runs in one process: use 'robustreid train' under torchrun")
     cfg = _load(args)
-    _start_run(cfg, "demo")
+    setup_logging()
     if cfg.data.dataset != "synthperson":
         raise ConfigError(f"data.dataset: the demo runs on synthperson, got {cfg.data.dataset!r}")
     target = Path(cfg.data.root) / "synthperson"
     if not (target / "bounding_box_train").is_dir():
         logger.info("SynthPerson not found under %s: generating it", target)
         generate_synthperson(target, SynthConfig(seed=0), progress=sys.stderr.isatty())
-    last = train_config(cfg, resume=False)
+    # the demo replaces its previous run (a second `make demo` trains again)
+    last = train_config(cfg, overwrite=True, log_name="demo")
     _print_reference(args.config or "configs/synthperson.yaml", last)
     from robustreid.viz.curves import plot_training_curves
 
@@ -359,11 +408,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers.update({name: module.run for name, module in _command_modules().items()})
     # A user error (bad configuration, file, folder or value; robustreid.errors.UserError)
     # is one line and exit status 2. Anything else is a bug and keeps its traceback (exit 1).
+    from robustreid.distributed import DistributedError
+
     try:
         return handlers[args.command](args)
     except UserError as err:
         print(f"robustreid {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as err:
+        print(f"robustreid {args.command}: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except DistributedError as err:  # a peer process failed or hangs: say so, in one line
+        print(f"robustreid {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -83,7 +84,9 @@ class DataConfig:
     width: int = field(default=128, metadata={"ge": 1})
     num_workers: int = field(default=4, metadata={"ge": 0})
     test_batch_size: int = field(default=128, metadata={"ge": 1})
-    verify_images: bool = False
+    # Check every image before any work: "header" (fast, parallel: each file opens as an
+    # image and is not cut short), "full" (decode every image), or "off".
+    check_images: Literal["header", "full", "off"] = "header"
     # Keep the decoded uint8 training/test images in the model device's memory (on a GPU:
     # batches are gathered and augmented there, no host-to-device copy per batch; a
     # Market-1501 training split at 256 x 128 is 1.3 GB). No effect on the CPU.
@@ -227,6 +230,11 @@ class TrainConfig:
     # Train on the true identities instead of pseudo-labels (the supervised upper bound).
     supervised: bool = False
     log_every: int = field(default=50, metadata={"ge": 1})
+    # Several processes (torchrun): BatchNorm over the global batch (SyncBatchNorm), and the
+    # longest a collective waits for the other processes before the run stops with an error
+    # (seconds; rank 0 clusters and ranks alone meanwhile, so keep it above that time).
+    sync_bn: bool = True
+    dist_timeout: float = field(default=1800.0, metadata={"gt": 0})
 
 
 @dataclass
@@ -297,6 +305,13 @@ def _describe_value(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def _quote(text: str, limit: int = 80) -> str:
+    """``repr(text)``, cut to about ``limit`` characters (a 5,000-digit value stays
+    readable in a one-line message)."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else f"{quoted[:limit - 4]}...{quoted[-1]}"
+
+
 def _source_of(path: KeyPath, sources: Sources) -> str | None:
     for end in range(len(path), -1, -1):
         found = sources.get(tuple(path[:end]))
@@ -358,15 +373,129 @@ class _Loader(yaml.SafeLoader):
 
 
 class _Dumper(yaml.SafeDumper):
-    """SafeDumper that quotes strings which :class:`_Loader` would read as floats."""
+    """SafeDumper that quotes strings which :class:`_Loader` would read as floats, and writes
+    strings holding a NEL (U+0085) double-quoted: PyYAML's single-quoted style (its choice
+    with ``allow_unicode``) turns ``"\x85"`` into ``" "`` on reading."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        if "\x85" in data:
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+        return super().represent_str(data)
+
+
+_Dumper.add_representer(str, _Dumper.represent_str)
 
 
 for _cls in (_Loader, _Dumper):
     _cls.add_implicit_resolver(_FLOAT_TAG, _EXTRA_FLOAT, list("-+0123456789."))
 
 
+def _tag_patterns(loader: type[yaml.SafeLoader]) -> dict[str, list[re.Pattern[str]]]:
+    """Tag -> the regular expressions with which ``loader`` recognises plain scalars."""
+    out: dict[str, list[re.Pattern[str]]] = {}
+    for resolvers in loader.yaml_implicit_resolvers.values():
+        for tag, regexp in resolvers:
+            if regexp not in out.setdefault(tag, []):
+                out[tag].append(regexp)
+    return out
+
+
+def _checked_scalar(tag: str, patterns: Sequence[re.Pattern[str]]) -> Any:
+    """A constructor for ``tag`` that turns what PyYAML's own would raise on a malformed
+    scalar (``!!bool x``: KeyError, ``!!int ''``: IndexError, ``!!timestamp x``:
+    AttributeError, ``2001-13-45`` or a 5,000-digit integer: ValueError) into a
+    ConstructorError, a YAMLError like any syntax error."""
+    construct = _Loader.yaml_constructors[tag]
+    name = tag.rsplit(":", 1)[-1]
+
+    def construct_checked(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        text = loader.construct_scalar(node)  # a ConstructorError for a non-scalar node
+        if not any(p.match(text) for p in patterns):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{_quote(text)} is not a valid {name}", node.start_mark)
+        try:
+            return construct(loader, node)
+        except ValueError as exc:  # 2001-13-45, 0b_, more digits than int() converts
+            reason = str(exc).split(";")[0]  # not Python's advice on sys.set_int_max_str_digits
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{_quote(text, 40)} is not a valid {name}: {reason}",
+                node.start_mark) from exc
+
+    return construct_checked
+
+
+_PATTERNS = _tag_patterns(_Loader)
+for _name in ("bool", "int", "float", "timestamp"):
+    _tag = f"tag:yaml.org,2002:{_name}"
+    # an explicit !!float may be written like an int (!!float 1)
+    _extra = _PATTERNS["tag:yaml.org,2002:int"] if _name == "float" else []
+    _Loader.add_constructor(_tag, _checked_scalar(_tag, [*_PATTERNS[_tag], *_extra]))
+
+
 def _parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    except RecursionError as exc:
+        # The composer recurses once per nesting level: "[[[[..." runs out of stack.
+        raise yaml.YAMLError("nested too deeply for the YAML parser") from exc
+
+
+# Limits of a configuration tree (a file layer, an override value or a mapping given in
+# code), checked by _check_tree before anything walks it recursively.
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _check_tree(tree: Any, prefix: KeyPath, source: str) -> None:
+    """Raise a :class:`ConfigError` (naming the key and ``source``) for a tree that no later
+    step could handle: a value that contains itself (a YAML alias inside its own anchor,
+    ``&a {x: *a}``), nesting deeper than :data:`MAX_DEPTH`, more than :data:`MAX_VALUES`
+    values once aliases are expanded (``a: &a [1, 1]``, ``b: &b [*a, *a]``, ...), or an
+    integer (value or mapping key) outside the 64-bit range."""
+    sizes: dict[int, int] = {}  # id of a container already checked -> its expanded size
+    open_ids: set[int] = set()  # containers on the current path
+
+    def fail(path: KeyPath, problem: str) -> ConfigError:
+        key = _format_path(path)
+        return ConfigError(f"{key}: {problem} (from {source})", key=key, source=source)
+
+    def scalar(value: Any, path: KeyPath) -> None:
+        if isinstance(value, int) and not isinstance(value, bool) and not (
+                INT64_MIN <= value <= INT64_MAX):
+            raise fail(path, f"expected an integer between -2**63 and 2**63 - 1, got an "
+                             f"integer of {value.bit_length()} bits")
+
+    def visit(value: Any, path: KeyPath, depth: int) -> int:
+        if not isinstance(value, Mapping | list | tuple):
+            scalar(value, path)
+            return 1
+        ident = id(value)
+        if ident in sizes:
+            return sizes[ident]
+        if ident in open_ids:
+            raise fail(path, "the value refers to itself (a YAML alias used inside its own "
+                             "anchor)")
+        if depth >= MAX_DEPTH:
+            raise fail(path, f"nested more than {MAX_DEPTH} levels deep")
+        open_ids.add(ident)
+        total = 1
+        if isinstance(value, Mapping):
+            children = list(value.items())
+            for key, _ in children:
+                scalar(key, path + (key,))
+        else:
+            children = [(_Index(i), item) for i, item in enumerate(value)]
+        for key, child in children:
+            total += visit(child, path + (key,), depth + 1)
+            if total > MAX_VALUES:
+                raise fail(path, f"holds more than {MAX_VALUES} values (YAML aliases "
+                                 "expanded)")
+        open_ids.discard(ident)
+        sizes[ident] = total
+        return total
+
+    visit(tree, prefix, 0)
 
 
 def _read_yaml_file(path: Path, label: str, included_from: str | None) -> dict[Any, Any]:
@@ -387,6 +516,7 @@ def _read_yaml_file(path: Path, label: str, included_from: str | None) -> dict[A
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
         raise ConfigError(f"invalid YAML in '{label}': {detail}", source=label) from exc
+    _check_tree(data, (), label)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -416,7 +546,14 @@ def _load_layers(
     path: Path, label: str, stack: tuple[Path, ...], included_from: str | None
 ) -> tuple[dict[Any, Any], Sources]:
     """Load ``path`` and its bases; returns the merged tree and where each key came from."""
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except ValueError as exc:  # a NUL byte, or a lone surrogate the file system cannot encode
+        where = f" (from {included_from})" if included_from is not None else ""
+        raise ConfigError(f"{BASE_KEY if included_from else 'config file'}: "
+                          f"{_quote(label)} is not a usable file name: {exc}{where}",
+                          key=BASE_KEY if included_from else None,
+                          source=included_from or label) from exc
     if resolved in stack:
         cycle = " -> ".join(str(p) for p in stack[stack.index(resolved) :] + (resolved,))
         raise ConfigError(
@@ -456,7 +593,8 @@ def _load_layers(
 def _apply_override(tree: dict[Any, Any], sources: Sources, override: str) -> None:
     if not isinstance(override, str) or "=" not in override:
         raise ConfigError(
-            f"override {override!r} (from {COMMAND_LINE}): expected the form key.sub=value",
+            f"override {_quote(override) if isinstance(override, str) else override!r} "
+            f"(from {COMMAND_LINE}): expected the form key.sub=value",
             source=COMMAND_LINE,
         )
     dotted, text = override.split("=", 1)
@@ -464,7 +602,8 @@ def _apply_override(tree: dict[Any, Any], sources: Sources, override: str) -> No
     parts = dotted.split(".")
     if not dotted or not all(parts):
         raise ConfigError(
-            f"override {override!r} (from {COMMAND_LINE}): malformed key {dotted!r}",
+            f"override {_quote(override)} (from {COMMAND_LINE}): malformed key "
+            f"{_quote(dotted)}",
             source=COMMAND_LINE,
         )
     try:
@@ -472,11 +611,13 @@ def _apply_override(tree: dict[Any, Any], sources: Sources, override: str) -> No
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
         raise ConfigError(
-            f"{dotted}: cannot parse value {text!r} as YAML (from {COMMAND_LINE}): {detail}; "
+            f"{dotted}: cannot parse value {_quote(text)} as YAML (from {COMMAND_LINE}): "
+            f"{detail}; "
             "quote it to pass a string",
             key=dotted,
             source=COMMAND_LINE,
         ) from exc
+    _check_tree(value, tuple(parts), COMMAND_LINE)
 
     node = tree
     for depth, part in enumerate(parts[:-1]):
@@ -609,6 +750,9 @@ def _convert(
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise _mismatch(path, tp, value, sources)
         value = float(value)
+        if not math.isfinite(value):
+            raise _error(path, f"expected a finite float, got {_describe_value(value)}",
+                         sources)
         _check_bounds(value, path, meta, sources)
         return value
 
@@ -822,6 +966,7 @@ def config_from_dict(data: Mapping[str, Any], source: str = "dict", cls: type[T]
             for a :class:`Config`, a broken rule between fields (:func:`check_config`).
     """
     sources: Sources = {}
+    _check_tree(data, (), source)
     _record_sources(data, source, (), sources)
     cfg = _build_dataclass(cls, data, (), sources)
     if isinstance(cfg, Config):

@@ -12,7 +12,7 @@ It derives from :class:`ValueError` so that code written against the older error
 
 from __future__ import annotations
 
-__all__ = ["UserError", "UnknownNameError"]
+__all__ = ["RunInterrupted", "TrainingDiverged", "UnknownNameError", "UserError"]
 
 
 class UserError(ValueError):
@@ -24,3 +24,22 @@ class UnknownNameError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class RunInterrupted(Exception):
+    """Training stopped on a signal (SIGINT, SIGTERM) after finishing its current step.
+
+    Not a user error and not a bug: the command line prints the message and exits with
+    ``128 + signum`` (130 for SIGINT, 143 for SIGTERM), as a process ended by that signal.
+
+    Attributes:
+        signum: the signal's number.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 INTERRUPTED_STATUS = 130  # the shell's status for a process ended by SIGINT
@@ -65,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
         partial_dir,
     )
     from robustreid.inference.extractor import load
+    from robustreid.io import ensure_writable_dir
 
     paths = collect_images(args.inputs)
+    ensure_writable_dir(Path(args.out).parent, f"--out {args.out}: its folder")
     extractor = load(args.checkpoint, device=args.device, batch_size=args.batch_size,
                      flip=args.flip)
     caught: list[warnings.WarningMessage] = []

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,10 @@ from typing import Any
 from robustreid.errors import UserError
 
 DEFAULT_OUT = "runs/search"
+#: gallery paths the missing-images warning names (the others are counted)
+MISSING_LISTED = 3
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -58,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     from robustreid.inference.extractor import expand_inputs, list_images, load
     from robustreid.inference.search import build_records, load_gallery, parse_ids, search
-    from robustreid.io import atomic_write_text
+    from robustreid.io import atomic_write_text, ensure_writable_dir
     from robustreid.viz.ranked_list import draw_ranked_list, write_html
 
     for name, value in (("--topk", args.topk), ("--max-rows", args.max_rows),
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     query_paths = [Path(p) for p in expand_inputs(list(args.query))]
     if not query_paths:
         raise UserError(f"--query {' '.join(args.query)}: no images found")
+    out = ensure_writable_dir(args.out, "--out")  # before the embedding work, not after
     extractor = load(args.checkpoint, device=args.device, flip=args.flip,
                      batch_size=args.batch_size)
     progress = sys.stderr.isatty()
@@ -111,8 +118,13 @@ def run(args: argparse.Namespace) -> int:
     records = build_records(result, query_strs, gallery_paths,
                             gallery_pids=gallery_pids, gallery_camids=gallery_camids)
     print(format_table(records, args.max_rows))
+    missing = missing_gallery_images(records)
+    if missing:
+        warning = format_missing(missing, records, gallery)
+        logger.warning("%s", warning)
+        print(f"warning: {warning}")
+        notes.append(warning)
 
-    out = Path(args.out)
     distance = ("Euclidean distance between L2-normalised embeddings, sqrt(2 - 2 cos)"
                 if result.metric == "euclidean" else
                 "k-reciprocal re-ranked distance in [0, 1] ('euclidean' holds sqrt(2 - 2 cos))")
@@ -136,6 +148,31 @@ def run(args: argparse.Namespace) -> int:
                         ("page", html_path)):
         print(f"{label}: {path}")
     return 0
+
+
+def missing_gallery_images(records: list[dict[str, Any]]) -> list[str]:
+    """The gallery paths among the results that are no longer files, in order of first
+    appearance (each once)."""
+    seen: set[str] = set()
+    missing = []
+    for rec in records:
+        for item in rec["results"]:
+            path = item["path"]
+            if path not in seen:
+                seen.add(path)
+                if not os.path.isfile(path):
+                    missing.append(path)
+    return missing
+
+
+def format_missing(missing: list[str], records: list[dict[str, Any]], gallery: Path) -> str:
+    """One line: how many gallery images in the results are missing, the first few."""
+    total = len({item["path"] for rec in records for item in rec["results"]})
+    listed = ", ".join(missing[:MISSING_LISTED])
+    more = f" and {len(missing) - MISSING_LISTED} more" if len(missing) > MISSING_LISTED else ""
+    return (f"{len(missing)} of the {total} gallery images in the results are missing (moved "
+            f"or deleted since {gallery} was made?): {listed}{more}; the picture shows them as "
+            "'missing' tiles")
 
 
 def format_table(records: list[dict[str, Any]], max_queries: int) -> str:

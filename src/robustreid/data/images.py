@@ -37,6 +37,7 @@ from robustreid.data.base import (
     PathLike,
     ReIDData,
     Sample,
+    check_option_types,
     check_options,
     list_images,
     read_list_file,
@@ -52,10 +53,21 @@ CAMERA_MODES = ("one", "subfolder", "regex")
 LIST_FILE_SUFFIX = ".txt"
 
 
-def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key ordering digit runs by value: ``cam2`` < ``cam10``."""
-    return tuple((0, int(tok)) if tok.isdigit() else (1, tok)
-                 for tok in re.split(r"(\d+)", text) if tok)
+def natural_key(text: str) -> tuple[tuple[tuple[int, int, str], ...], str]:
+    """Sort key ordering runs of ASCII digits by value: ``cam2`` < ``cam10``.
+
+    A digit run is compared by its length without leading zeros, then its digits, which is
+    its numeric order without converting it (no limit on the number of digits). Names equal
+    in that order (``cam01``, ``cam1``) are then ordered as plain strings, so the order of
+    distinct names is always the same."""
+    key = []
+    for pos, tok in enumerate(re.split(r"([0-9]+)", text)):
+        if pos % 2:  # the split's odd positions are the digit runs
+            digits = tok.lstrip("0")
+            key.append((0, len(digits), digits))
+        elif tok:
+            key.append((1, 0, tok))
+    return tuple(key), text
 
 
 def camera_rule(cameras: object, camera_depth: object = None,
@@ -100,7 +112,9 @@ def camera_rule(cameras: object, camera_depth: object = None,
                            "regular expression with one group, e.g. '(cam\\d+)'")
     try:
         pattern = re.compile(camera_regex)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:
+        # re.error for bad syntax; OverflowError for a repeat count such as a{99999999999};
+        # RecursionError for parentheses nested hundreds deep.
         raise DatasetError(f"dataset 'images', option camera_regex {camera_regex!r} is not "
                            f"a valid regular expression: {exc}") from exc
     if pattern.groups != 1:
@@ -144,10 +158,7 @@ def _list(root: Path) -> tuple[list[Path], Path]:
             raise DatasetError(f"dataset 'images': root {root} is a file but not a list file "
                                f"({LIST_FILE_SUFFIX}); expected a folder of images or a list "
                                "file with one image path per line")
-        try:
-            files = read_list_file(root)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(str(exc)) from exc
+        files = read_list_file(root)
         wrong = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
         if wrong:
             raise DatasetError(f"list file {root} names {len(wrong)} file(s) that are not "
@@ -187,6 +198,7 @@ def images(
             ``verify_images``) an unreadable image.
     """
     check_options("images", options, ("cameras", "camera_depth", "camera_regex"))
+    check_option_types("images", {"verify_images": (verify_images, (bool,), "true or false")})
     camera_of = camera_rule(cameras, camera_depth, camera_regex)
     root_path = Path(root).expanduser()
     files, base = _list(root_path)

@@ -18,6 +18,7 @@ all split folders wins). Conventions common to all readers:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from robustreid.data.base import (
     PathLike,
     ReIDData,
     Sample,
+    check_option_types,
     check_options,
     describe_candidate,
     find_dataset_dir,
@@ -60,7 +62,12 @@ FOLDER_FOLDERS: dict[str, tuple[str, ...]] = {
     "gallery": ("bounding_box_test", "gallery"),
 }
 JPG: tuple[str, ...] = (".jpg",)
+BOOL: tuple[tuple[type, ...], str] = ((bool,), "true or false")
 JUNK_PID = -1
+# An MSMT17 list file's person id and a file name's camera field: ASCII digits only (str.isdigit
+# also accepts "²", which int() rejects), at most 18 so that any value fits in 64 bits.
+_MSMT_PID = re.compile(r"-?[0-9]{1,18}")
+_MSMT_CAMERA = re.compile(r"[0-9]{1,18}")
 
 
 def _root(root: PathLike) -> Path:
@@ -143,6 +150,7 @@ def market1501(root: PathLike, *, verify_images: bool = False, **options: object
     in the gallery only.
     """
     check_options("market1501", options, ())
+    check_option_types("market1501", {"verify_images": (verify_images, *BOOL)})
     root = _root(root)
     candidates = [
         root / "market1501" / "Market-1501-v15.09.15",
@@ -160,6 +168,7 @@ def dukemtmc(root: PathLike, *, verify_images: bool = False, **options: object) 
     ``ROOT``; folders and conventions as for :func:`market1501`.
     """
     check_options("dukemtmc", options, ())
+    check_option_types("dukemtmc", {"verify_images": (verify_images, *BOOL)})
     root = _root(root)
     candidates = [root / "dukemtmc" / "DukeMTMC-reID", root / "DukeMTMC-reID", root]
     return load_market_like("dukemtmc", candidates, verify=verify_images)
@@ -173,6 +182,7 @@ def personx(root: PathLike, *, verify_images: bool = False, **options: object) -
     and conventions as for :func:`market1501`.
     """
     check_options("personx", options, ())
+    check_option_types("personx", {"verify_images": (verify_images, *BOOL)})
     root = _root(root)
     candidates = [root / "personx" / "PersonX", root / "PersonX", root]
     return load_market_like("personx", candidates, verify=verify_images)
@@ -197,6 +207,8 @@ def synthperson(
             Market-sized set (``robustreid synth --preset market``).
     """
     check_options("synthperson", options, ())
+    check_option_types("synthperson", {"verify_images": (verify_images, *BOOL),
+                                       "folder": (folder, (str,), "a folder name")})
     root = _root(root)
     return load_market_like(
         "synthperson",
@@ -231,6 +243,9 @@ def folder(
             empty), for a small labelled evaluation set (``data.eval_dataset: folder``).
     """
     check_options("folder", options, ())
+    check_option_types("folder", {
+        "verify_images": (verify_images, *BOOL), "eval_only": (eval_only, *BOOL),
+        "distractor_pid": (distractor_pid, (int, type(None)), "a person id or null")})
     if not eval_only:
         return load_market_like(
             "folder",
@@ -281,7 +296,7 @@ def _msmt_original_lacks(cand: Path) -> list[str]:
 def _parse_msmt_camera(path: Path) -> int:
     """0-based camid from an original MSMT17 name ``PID_IDX_CAM_DATE..._N.jpg``."""
     parts = path.name.split("_")
-    if len(parts) < 3 or not parts[2].isdigit() or int(parts[2]) < 1:
+    if len(parts) < 3 or not _MSMT_CAMERA.fullmatch(parts[2]) or int(parts[2]) < 1:
         raise DatasetError(
             f"cannot parse camera from file name {path}: expected an MSMT17 name "
             "'PID_INDEX_CAM_...' with camera 1..15 in the third field "
@@ -302,12 +317,18 @@ def _read_msmt_list(list_file: Path, image_dir: Path) -> list[Sample]:
         if not line:
             continue
         parts = line.rsplit(None, 1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2 or not _MSMT_PID.fullmatch(parts[1]):
             raise DatasetError(
-                f"{list_file}, line {lineno}: expected 'relative/path.jpg PID', got {line!r}"
+                f"{list_file}, line {lineno}: expected 'relative/path.jpg PID' (PID an "
+                f"integer), got {line[:200]!r}"
             )
         path = image_dir / parts[0]
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError as exc:  # e.g. a name longer than the file system allows
+            raise DatasetError(f"{list_file}, line {lineno}: cannot use image path "
+                               f"{parts[0][:200]!r}: {exc.strerror or exc}") from exc
+        if not is_file:
             raise DatasetError(
                 f"{list_file}, line {lineno}: names image {path}, which does not exist"
             )
@@ -345,6 +366,8 @@ def msmt17(
             gallery). Ignored for the re-organised layout, which has no val list.
     """
     check_options("msmt17", options, ())
+    check_option_types("msmt17", {"verify_images": (verify_images, *BOOL),
+                                  "keep_val_apart": (keep_val_apart, *BOOL)})
     root = _root(root)
     candidates = [
         root / "msmt17" / "MSMT17_V1",

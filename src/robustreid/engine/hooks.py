@@ -7,6 +7,10 @@ the bookkeeping lives here, as hooks it calls at fixed points (after fast-reid's
 keys to. Hooks must not draw from the shared random generators of random, numpy and
 torch (exact resume depends on their state).
 
+Under a process group every process runs every hook (a hook may use collectives, and
+every process holds the same labels, memory, records and state); only the main process
+writes files (:class:`MetricsWriter`, :class:`CheckpointHook`) and logs epochs.
+
 Order of the calls in :meth:`robustreid.engine.trainer.Trainer.fit`::
 
     before_train
@@ -35,6 +39,7 @@ from robustreid.clustering.quality import (
     mean_angle_degrees,
     pseudo_label_quality,
 )
+from robustreid.distributed import is_main_process, replicas_agree
 from robustreid.engine.checkpoint import save_checkpoint
 from robustreid.io import atomic_write_text
 from robustreid.memory import ClusterMemory, cluster_means
@@ -135,6 +140,8 @@ class MetricsWriter(HookBase):
         self._writer: Any = None
 
     def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in trainer.state.history)
         atomic_write_text(self.out_dir / "metrics.jsonl", lines)
         writer = self._tensorboard(trainer.state.epoch)
@@ -168,7 +175,7 @@ class EpochLogger(HookBase):
         self.epochs = epochs
 
     def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        if record["epoch"] == 0:
+        if record["epoch"] == 0 or not is_main_process():
             return
         parts = [f"epoch {record['epoch']}/{self.epochs}"]
         if record.get("skipped"):
@@ -186,7 +193,10 @@ class EpochLogger(HookBase):
 
 class CheckpointHook(HookBase):
     """``last.pth`` after every epoch (everything a resume needs) and ``best.pth`` when the
-    epoch's ``metric`` beats every earlier one (the model, metrics, config and meta)."""
+    epoch's ``metric`` beats every earlier one (the model, metrics, config and meta).
+
+    Every process builds the payload (it gathers their random states) and keeps the best
+    metric; the main process alone writes."""
 
     def __init__(self, out_dir: Path, metric: str = "mAP") -> None:
         self.out_dir, self.metric = Path(out_dir), metric
@@ -199,13 +209,16 @@ class CheckpointHook(HookBase):
         if value is not None and value > trainer.state.best_map:
             trainer.state.best_map = value
             payload["best_map"] = value
-            save_checkpoint(self.out_dir / "best.pth", {
-                "epoch": trainer.state.epoch, "model": payload["model"], "metrics": record,
-                "config": payload["config"], "meta": payload["meta"],
-            })
-            logger.info("new best %s %.2f%% at epoch %d, saved %s", self.metric, 100 * value,
-                        trainer.state.epoch, self.out_dir / "best.pth")
-        save_checkpoint(self.out_dir / "last.pth", payload)
+            if is_main_process():
+                save_checkpoint(self.out_dir / "best.pth", {
+                    "epoch": trainer.state.epoch, "model": payload["model"],
+                    "metrics": record, "config": payload["config"], "meta": payload["meta"],
+                })
+                logger.info("new best %s %.2f%% at epoch %d, saved %s", self.metric,
+                            100 * value, trainer.state.epoch, self.out_dir / "best.pth")
+        if is_main_process():
+            # verified, and the one it replaces kept as last.prev.pth
+            save_checkpoint(self.out_dir / "last.pth", payload, keep_previous=True)
 
 
 class IterationCallback(HookBase):
@@ -216,6 +229,23 @@ class IterationCallback(HookBase):
 
     def after_step(self, trainer: Trainer, ctx: EpochContext, step: StepContext) -> None:
         self.fn(ctx.epoch, step.iteration)
+
+
+class ReplicaCheck(HookBase):
+    """After every training step, check that every process holds bit-identical model
+    weights, BatchNorm statistics and memory (one SHA-256 checksum per process, gathered);
+    raises :class:`robustreid.distributed.DistributedError` otherwise. A debugging and test
+    aid: it costs one hash of the model per step. No-op with one process."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def after_step(self, trainer: Trainer, ctx: EpochContext, step: StepContext) -> None:
+        assert ctx.memory is not None
+        tensors = [*trainer.model.state_dict().values(), ctx.memory.prototypes]
+        replicas_agree(tensors, f"model and memory after epoch {ctx.epoch} step "
+                                f"{step.iteration}")
+        self.checks += 1
 
 
 class MechanismDiagnostics(HookBase):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,73 +89,69 @@ def embed_decoded(
     flip: bool = False,
     channels_last: bool = False,
     desc: str = "extract",
+    shard: tuple[int, int] = (0, 1),
+    progress: bool | None = None,
     out: str | Path | None = None,
     out_dtype: type[np.floating] = np.float32,
 ) -> torch.Tensor:
     """Embed images decoded once (:class:`~robustreid.data.decoded.DecodedImages`).
 
     The same features as :func:`extract_features` with the test transform, without decoding
-    the files again. A progress bar shows on a terminal (stderr) only.
+    the files again. A progress bar shows when ``progress`` (default: stderr is a terminal).
 
     Args:
+        shard: ``(rank, world)``: embed only the batches ``rank, rank + world, ...`` of
+            ``batch_size`` images (:func:`robustreid.distributed.round_robin_blocks`), each
+            exactly as the whole run embeds it; ``(0, 1)`` = every image.
         out: a ``.npy`` path: each batch's features are written to this file (a memory map of
             ``out_dtype``) as soon as they are computed, instead of being collected in RAM;
             the file is replaced.
         out_dtype: ``np.float32`` or ``np.float16``, the file's dtype (with ``out`` only).
 
     Returns:
-        (N, D) float32 tensor on the CPU, rows L2-normalised, in the order of ``images``; with
-        ``out``, a tensor of ``out_dtype`` sharing the memory map of the file (its pages are
-        read on use and may be dropped by the OS; do not write to it).
+        (N, D) float32 tensor on the CPU, rows L2-normalised, in the order of ``images``
+        (with a shard: the shard's rows, in order); with ``out``, a tensor of ``out_dtype``
+        sharing the memory map of the file (its pages are read on use and may be dropped by
+        the OS; do not write to it).
     """
+    if out is not None and shard != (0, 1):
+        raise ValueError(f"embed_decoded: out= needs the whole data set, got shard={shard}")
+    device = torch.device(device)
+    rank, world = shard
+    was_training = model.training
+    model.eval()
+    chunks: list[torch.Tensor] = []
+    stored: np.memmap | None = None  # with ``out``: the file being written
+    tmp = None if out is None else Path(out).parent / f".{Path(out).name}.tmp"
+    if progress is None:
+        progress = sys.stderr.isatty()
+    try:
+        starts = range(rank * batch_size, len(images), world * batch_size)
+        for start in tqdm(starts, desc=desc, leave=False, disable=not progress):
+            batch = images.images[start:start + batch_size].to(device, non_blocking=True)
+            batch = normalize_uint8(batch)
+            if channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            feats = embed_batch(model, batch, flip).cpu()
+            if tmp is None:
+                chunks.append(feats)
+                continue
+            if stored is None:  # the dimension is known after the first batch
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                stored = np.lib.format.open_memmap(tmp, mode="w+", dtype=out_dtype,
+                                                   shape=(len(images), feats.shape[1]))
+            stored[start:start + len(feats)] = feats.numpy()
+    finally:
+        model.train(was_training)
+    if stored is not None:
+        stored.flush()
+        del stored
+        # a new file replaces the old one: a previous memory map of ``out`` stays valid
+        os.replace(tmp, out)
+        return torch.from_numpy(np.load(out, mmap_mode="r+"))
     if out is not None:
-        return _embed_to_file(model, images, batch_size=batch_size, device=device, flip=flip,
-                              channels_last=channels_last, desc=desc, out=Path(out),
-                              out_dtype=out_dtype)
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, desc=desc, leave=False, disable=not sys.stderr.isatty()):
-            batch = images.images[start:start + batch_size].to(device, non_blocking=True)
-            batch = normalize_uint8(batch)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            chunks.append(embed_batch(model, batch, flip).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(chunks)
-
-
-@torch.no_grad()
-def _embed_to_file(model: nn.Module, images: DecodedImages, *, batch_size: int,
-                   device: str | torch.device, flip: bool, channels_last: bool, desc: str,
-                   out: Path, out_dtype: type[np.floating]) -> torch.Tensor:
-    """:func:`embed_decoded` streaming the features into the ``.npy`` file ``out``."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    n = len(images)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    mm: np.memmap | None = None
-    try:
-        starts = range(0, n, batch_size)
-        for start in tqdm(starts, desc=desc, leave=False, disable=not sys.stderr.isatty()):
-            batch = images.images[start:start + batch_size].to(device, non_blocking=True)
-            batch = normalize_uint8(batch)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            feats = embed_batch(model, batch, flip).cpu().numpy()
-            if mm is None:  # the dimension is known after the first batch
-                mm = np.lib.format.open_memmap(out, mode="w+", dtype=out_dtype,
-                                               shape=(n, feats.shape[1]))
-            mm[start:start + len(feats)] = feats
-    finally:
-        model.train(was_training)
-    if mm is None:
         raise ValueError("embed_decoded: no images given")
-    mm.flush()
-    del mm
-    return torch.from_numpy(np.load(out, mmap_mode="r+"))
+    if not chunks:  # a shard with no batch (more processes than batches)
+        dim = getattr(model, "feature_dim", 0)
+        return torch.zeros(0, dim)
+    return torch.cat(chunks)

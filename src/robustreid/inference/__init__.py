@@ -5,12 +5,16 @@ where its name would hide the module).
 """
 
 from robustreid.inference.embed import (
-    EmbeddingsFileError,
     EmbedResult,
     SkippedImagesWarning,
     collect_images,
     embed_images,
     load_embeddings,
+)
+from robustreid.inference.embeddings_file import (
+    Embeddings,
+    EmbeddingsFileError,
+    read_embeddings,
 )
 from robustreid.inference.extractor import (
     IMAGE_SUFFIXES,
@@ -22,7 +26,6 @@ from robustreid.inference.extractor import (
     load,
 )
 from robustreid.inference.search import (
-    Embeddings,
     GalleryIndex,
     SearchResult,
     build_records,
@@ -48,4 +51,5 @@ __all__ = [
     "load",
     "load_embeddings",
     "load_gallery",
+    "read_embeddings",
 ]

@@ -34,7 +34,6 @@ import math
 import os
 import shutil
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,16 +47,17 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from robustreid import __version__
-from robustreid.data.base import (
-    IMAGE_SUFFIXES,
-    DatasetError,
-    list_images,
-    parse_market_name,
-    read_list_file,
-)
+from robustreid.data.base import IMAGE_SUFFIXES, DatasetError, list_images, read_list_file
 from robustreid.errors import UserError
+from robustreid.inference.embeddings_file import (
+    EMBEDDINGS_KIND,
+    EmbeddingsFileError,
+    parse_pid_camid,
+    read_embeddings,
+    read_npz_arrays,
+)
 from robustreid.inference.extractor import FeatureExtractor
-from robustreid.io import atomic_write, atomic_write_text
+from robustreid.io import atomic_write, atomic_write_text, ensure_writable_dir
 
 __all__ = [
     "EmbedResult",
@@ -74,10 +74,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EMBEDDINGS_KIND = "robustreid-embeddings"
 PARTIAL_KIND = "robustreid-embed-partial"
 FORMAT = 1
-REQUIRED_KEYS = ("features", "paths", "pids", "camids", "meta")
 LIST_FILE_SUFFIX = ".txt"
 GLOB_CHARS = frozenset("*?[")
 MANIFEST_NAME = "manifest.json"
@@ -88,10 +86,6 @@ MAX_LISTED_SKIPS = 50
 
 class SkippedImagesWarning(UserWarning):
     """Some input files could not be read as images and were left out of the output."""
-
-
-class EmbeddingsFileError(UserError):
-    """A file is not (or no longer) a valid robustreid embeddings file; names the file."""
 
 
 class SkippedFile(NamedTuple):
@@ -159,15 +153,14 @@ def collect_images(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     A file reached twice (same absolute path) is kept at its first position only.
 
     Raises:
-        FileNotFoundError: a missing folder or file, a glob that matches nothing, or a list
-            file line naming a missing file (the message gives the list file and line number).
-        ValueError: no inputs, a folder without images, a list file with no entries or not
-            UTF-8 text.
+        UserError: no inputs, a missing folder or file, a glob that matches nothing, a folder
+            without images, or a list file that is unreadable, not UTF-8 text, names no files
+            or names a missing one (the message gives the list file and line number).
         TypeError: an input that is not a path or string.
     """
     specs: list[Any] = [spec] if isinstance(spec, str | Path) else list(spec)
     if not specs:
-        raise ValueError("no inputs given: expected folders, glob patterns or list files")
+        raise UserError("no inputs given: expected folders, glob patterns or list files")
     found: list[Path] = []
     for item in specs:
         if not isinstance(item, str | Path):
@@ -185,10 +178,17 @@ def collect_images(spec: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _collect_one(item: str | Path) -> list[Path]:
-    path = Path(item).expanduser()
-    if path.is_dir():
+    try:
+        path = Path(item).expanduser()
+        is_dir = path.is_dir()
+        is_file = not is_dir and path.is_file()
+    except RuntimeError as err:  # ~user of an unknown user
+        raise UserError(f"input {str(item)[:200]!r}: cannot expand '~': {err}") from err
+    except OSError as err:  # a name too long for the file system, ...
+        raise UserError(f"input {str(item)[:200]!r}: {err.strerror or err}") from err
+    if is_dir:
         return _collect_folder(path)
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() == LIST_FILE_SUFFIX:
             return _collect_list_file(path)
         return [path]
@@ -205,24 +205,18 @@ def _collect_one(item: str | Path) -> list[Path]:
 
 
 def _collect_folder(folder: Path) -> list[Path]:
-    files = list_images(folder, suffixes=None)
+    try:
+        files = list_images(folder, suffixes=None)
+    except OSError as err:  # a sub-folder that cannot be listed
+        raise UserError(f"cannot list folder {folder}: {err}") from err
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
-        raise ValueError(f"folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}"
+        raise UserError(f"folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)}"
                          f" recursively; found {len(files)} other files)")
     return files
 
 
 def _collect_list_file(list_file: Path) -> list[Path]:
     return read_list_file(list_file, expand_folder=_collect_folder)
-
-
-def parse_pid_camid(path: str | Path) -> tuple[int, int]:
-    """(pid, 0-based camid) from a Market-1501 style name (``0002_c1s1_000451_03.jpg`` gives
-    (2, 0)); (-1, -1) for a name that does not follow that pattern."""
-    try:
-        return parse_market_name(path)
-    except DatasetError:
-        return -1, -1
 
 
 # ------------------------------------------------------------------------------- embedding
@@ -263,26 +257,31 @@ def embed_images(
         The arrays written and the facts of the run (:class:`EmbedResult`).
 
     Raises:
-        ValueError: bad ``out_path`` suffix, ``chunk_size`` < 1, no paths, or no file could
-            be embedded.
+        UserError: ``out_path`` without the ``.npz`` suffix or a folder, its folder cannot be
+            written (checked before any embedding), no paths, no file could be embedded, or
+            ``out_path`` or ``OUT.partial`` exists but belongs to other inputs or another
+            model (or is not robustreid's) and ``overwrite`` is False.
         DatasetError: with ``strict``, the first unreadable file (named in the message).
-        FileExistsError: ``out_path`` or ``OUT.partial`` exists but belongs to other inputs or
-            another model (or is not robustreid's), and ``overwrite`` is False.
+        ValueError: ``chunk_size`` < 1.
     """
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".npz":
-        raise ValueError(f"output file {out_path}: expected a name ending in .npz")
+        raise UserError(f"output file {out_path}: expected a name ending in .npz")
+    if out_path.is_dir():
+        raise UserError(f"output file {out_path} is a folder: expected a file name ending in "
+                        ".npz")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     sidecar = partial_dir(out_path)
     items = _drop_own_files([Path(p) for p in paths], out_path, sidecar)
     if not items:
-        raise ValueError("no input files given to embed")
+        raise UserError("no input files given to embed")
     fingerprint = _fingerprint(extractor, items)
     digest = _digest(fingerprint)
 
     if out_path.exists() and not overwrite:
         return _reuse_final(out_path, fingerprint, digest, sidecar, strict)
+    ensure_writable_dir(out_path.parent, f"the folder of {out_path.name}")
     if overwrite and sidecar.exists():
         shutil.rmtree(sidecar)
     chunk_size = _open_manifest(sidecar, fingerprint, digest, items, chunk_size)
@@ -322,7 +321,7 @@ def embed_images(
                       stacklevel=2)
     if index.size == 0:
         shutil.rmtree(sidecar)  # nothing worth resuming
-        raise ValueError(f"none of the {len(items)} input files could be read as an image "
+        raise UserError(f"none of the {len(items)} input files could be read as an image "
                          f"(first: {skipped[0].path}: {skipped[0].reason})")
     features = np.concatenate([c.features for c in finished if len(c.index)])
     out_paths = [str(items[i]) for i in index]
@@ -534,6 +533,28 @@ def _save_chunk(sidecar: Path, index: int, chunk: _Chunk, digest: str) -> None:
     atomic_write(_chunk_path(sidecar, index), lambda handle: np.savez(handle, **arrays))
 
 
+CHUNK_KEYS = ("features", "index", "skipped_index", "skipped_reason", "digest")
+
+
+def _chunk_problem(data: dict[str, np.ndarray], start: int, end: int, digest: str) -> str:
+    """Why the arrays of a saved chunk are not this run's chunk for ``start:end`` ("" if
+    they are)."""
+    missing = [k for k in CHUNK_KEYS if k not in data]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    features, idx, skipped = data["features"], data["index"], data["skipped_index"]
+    if (features.ndim != 2 or features.dtype.kind != "f" or idx.ndim != 1
+            or idx.dtype.kind not in "iu" or skipped.ndim != 1 or skipped.dtype.kind not in "iu"
+            or data["skipped_reason"].shape != skipped.shape
+            or data["skipped_reason"].dtype.kind != "U" or data["digest"].dtype.kind != "U"
+            or data["digest"].ndim != 0 or len(features) != len(idx)):
+        return "arrays of unexpected shapes or dtypes"
+    covered = sorted(idx.tolist() + skipped.tolist())
+    if str(data["digest"]) != digest or covered != list(range(start, end)):
+        return "it does not match this run's manifest"
+    return ""
+
+
 def _load_chunk(sidecar: Path, index: int, start: int, end: int, digest: str) -> _Chunk | None:
     """The saved chunk ``index`` (input positions ``start:end``), or None if it is not there
     or does not belong to this run (then it is removed and recomputed)."""
@@ -541,22 +562,19 @@ def _load_chunk(sidecar: Path, index: int, start: int, end: int, digest: str) ->
     if not path.is_file():
         return None
     try:
-        with np.load(path, allow_pickle=False) as data:
-            features, idx = data["features"], data["index"].astype(np.int64)
-            skipped_index = data["skipped_index"].astype(np.int64)
-            reasons = [str(r) for r in data["skipped_reason"]]
-            stored_digest = str(data["digest"])
-        covered = sorted(idx.tolist() + skipped_index.tolist())
-        if (stored_digest != digest or covered != list(range(start, end))
-                or features.ndim != 2 or len(features) != len(idx)
-                or len(reasons) != len(skipped_index)):
-            raise ValueError("it does not match this run's manifest")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        logger.warning("%s: cannot be resumed (%s); recomputing it", path, err)
+        data = read_npz_arrays(path, CHUNK_KEYS)
+        problem = _chunk_problem(data, start, end, digest)
+    except EmbeddingsFileError as err:
+        problem = str(err)
+    if problem:
+        logger.warning("%s: cannot be resumed (%s); recomputing it", path, problem)
         path.unlink()
         return None
-    return _Chunk(features.astype(np.float32, copy=False), idx,
-                  list(zip(skipped_index.tolist(), reasons, strict=True)))
+    reasons = [str(r) for r in data["skipped_reason"].tolist()]
+    return _Chunk(data["features"].astype(np.float32, copy=False),
+                  data["index"].astype(np.int64),
+                  list(zip(data["skipped_index"].astype(np.int64).tolist(), reasons,
+                           strict=True)))
 
 
 # ---------------------------------------------------------------------- final file, reading
@@ -604,58 +622,19 @@ def _reuse_final(out_path: Path, fingerprint: dict[str, Any], digest: str, sidec
 
 
 def load_embeddings(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`embed_images` / ``robustreid embed``.
+    """Read a file written by :func:`embed_images` / ``robustreid embed`` (every array and
+    ``meta["kind"]`` required; the checks are those of
+    :func:`~robustreid.inference.embeddings_file.read_embeddings`).
 
     Returns:
         ``{"features": (N, D) float32, "paths": list of N str, "pids": (N,) int64,
         "camids": (N,) int64, "meta": dict}``.
 
     Raises:
-        FileNotFoundError: no such file.
-        EmbeddingsFileError: not an ``.npz``, missing keys, bad ``meta`` or inconsistent
-            shapes; the message names the file and what was expected.
+        EmbeddingsFileError: no such file, not a readable ``.npz``, missing arrays, bad
+            ``meta``, or arrays of the wrong dtype or shape; the message names the file and
+            what was expected.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"embeddings file {path} not found")
-    expected = (f"expected an .npz written by `robustreid embed` with arrays "
-                f"{', '.join(REQUIRED_KEYS)}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise EmbeddingsFileError(f"{path} is not a robustreid embeddings file ({expected}): "
-                                  f"{err}") from err
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise EmbeddingsFileError(f"{path} holds a single array, not a robustreid embeddings "
-                                  f"file ({expected})")
-    with loaded:
-        missing = [k for k in REQUIRED_KEYS if k not in loaded.files]
-        if missing:
-            raise EmbeddingsFileError(f"{path} is not a robustreid embeddings file: missing "
-                                      f"{', '.join(missing)} ({expected})")
-        try:
-            arrays = {k: loaded[k] for k in REQUIRED_KEYS}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise EmbeddingsFileError(f"{path}: cannot read its arrays: {err}") from err
-    try:
-        meta = json.loads(str(arrays["meta"]))
-    except ValueError as err:
-        raise EmbeddingsFileError(f"{path}: 'meta' is not a JSON string: {err}") from err
-    if not isinstance(meta, dict) or meta.get("kind") != EMBEDDINGS_KIND:
-        raise EmbeddingsFileError(f"{path}: 'meta' does not describe robustreid embeddings "
-                                  f"(expected kind {EMBEDDINGS_KIND!r})")
-    features, paths = arrays["features"], arrays["paths"]
-    pids, camids = arrays["pids"], arrays["camids"]
-    n = features.shape[0] if features.ndim == 2 else -1
-    if (features.ndim != 2 or not np.issubdtype(features.dtype, np.floating)
-            or paths.shape != (n,) or pids.shape != (n,) or camids.shape != (n,)
-            or not np.issubdtype(pids.dtype, np.integer)
-            or not np.issubdtype(camids.dtype, np.integer)):
-        raise EmbeddingsFileError(
-            f"{path}: inconsistent arrays: features {features.shape} {features.dtype} (expected "
-            f"N x D floats), paths {paths.shape}, pids {pids.shape} {pids.dtype}, camids "
-            f"{camids.shape} {camids.dtype} (expected N integers each)"
-        )
-    return {"features": features.astype(np.float32, copy=False),
-            "paths": [str(p) for p in paths], "pids": pids.astype(np.int64, copy=False),
-            "camids": camids.astype(np.int64, copy=False), "meta": meta}
+    emb = read_embeddings(path, written_by_embed=True)
+    return {"features": emb.features, "paths": emb.paths, "pids": emb.pids,
+            "camids": emb.camids, "meta": emb.meta}

@@ -42,20 +42,25 @@ def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> list[ImageInput]
     (a batch) becomes its items; lists and tuples are expanded element by element.
 
     Raises:
-        FileNotFoundError: a path that does not exist.
-        ValueError: a folder without images.
+        UserError: a path that does not exist, or a folder without images.
         TypeError: an input of another kind.
     """
     out: list[ImageInput] = []
     for item in _iter_inputs(inputs):
         if isinstance(item, str | Path):
             path = Path(item)
-            if path.is_dir():
-                images = list_images(path)
+            try:
+                is_dir = path.is_dir()
+                is_file = not is_dir and path.is_file()
+                images = list_images(path) if is_dir else []
+            except OSError as err:  # a name too long, a folder that cannot be listed, ...
+                raise UserError(f"cannot read {str(path)[:200]!r}: {err.strerror or err}") from err
+            if is_dir:
                 if not images:
-                    raise ValueError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                    raise UserError(f"folder {path} holds no images "
+                                    f"({', '.join(IMAGE_SUFFIXES)}, searched recursively)")
                 out.extend(images)
-            elif path.is_file():
+            elif is_file:
                 out.append(path)
             else:
                 raise UserError(f"no such image file or folder: {path}")

@@ -22,7 +22,6 @@ second copy inside the faiss index.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustreid.errors import UserError
+from robustreid.inference.embeddings_file import Embeddings, parse_pid_camid, read_embeddings
 
 __all__ = [
     "Embeddings",
@@ -367,8 +366,6 @@ def parse_ids(paths: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(pids, camids)``: two ``(N,)`` int64 arrays.
     """
-    from robustreid.inference.embed import parse_pid_camid
-
     ids = np.array([parse_pid_camid(path) for path in paths], dtype=np.int64).reshape(-1, 2)
     return ids[:, 0].copy(), ids[:, 1].copy()
 
@@ -440,103 +437,18 @@ def _ids(paths: Sequence[str | Path], pids: Any, camids: Any,
 # ---------------------------------------------------------------------------- .npz files
 
 
-@dataclass
-class Embeddings:
-    """Embeddings read from an ``.npz`` file (the ``robustreid embed`` layout).
-
-    Attributes:
-        features: ``(N, D)`` float32, rows L2-normalised.
-        paths: ``N`` image paths as stored (relative paths are relative to the working
-            directory of the process that wrote them).
-        pids, camids: ``(N,)`` int64, -1 for unknown (parsed from the names when the file
-            has no such array).
-        meta: the file's ``meta`` JSON object (``{}`` when absent).
-        source: the file read.
-    """
-
-    features: np.ndarray
-    paths: list[str]
-    pids: np.ndarray
-    camids: np.ndarray
-    meta: dict[str, Any]
-    source: Path
-
-    @property
-    def dim(self) -> int:
-        return int(self.features.shape[1])
-
-
 def load_gallery(path: str | Path, require_paths: bool = True) -> Embeddings:
-    """Read and validate an embeddings ``.npz``.
+    """Read and check an embeddings ``.npz`` for a search, with its rows re-normalised exactly.
 
-    Expected arrays: ``features`` (N x D float, rows L2-normalised within 1e-2; re-normalised
-    exactly on load), ``paths`` (N strings; required when ``require_paths``), optionally
-    ``pids`` and ``camids`` (N ints, -1 unknown; parsed from the names when absent) and
-    ``meta`` (a JSON object as a string).
+    The reader and its checks are :func:`~robustreid.inference.embeddings_file.read_embeddings`:
+    ``features`` (N x D floats, rows L2-normalised within 1e-2) and ``paths`` (N strings,
+    unless ``require_paths`` is False) are required; ``pids`` and ``camids`` (N integers, -1
+    unknown) are parsed from the names when absent and ``meta`` (a JSON object) is optional.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a readable ``.npz``, or a missing or malformed array (the message names
-            the file and the key).
+        EmbeddingsFileError: a :class:`~robustreid.errors.UserError` naming the file: missing,
+            not a readable ``.npz``, or a missing or malformed array.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"embeddings file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{path}: cannot read it as an .npz of embeddings (arrays 'features', "
-                         f"'paths', 'pids', 'camids', 'meta'; no pickled objects): {err}") from err
-    except KeyError as err:  # np.load of a file that is not an archive
-        raise UserError(f"{path}: not an .npz archive: {err}") from err
-    if "features" not in arrays:
-        raise UserError(f"{path}: missing array 'features' (N x D float32 embeddings); "
-                         f"found {sorted(arrays) or 'no arrays'}")
-    features = arrays["features"]
-    if features.ndim != 2 or features.shape[0] < 1 or features.shape[1] < 1:
-        raise UserError(f"{path}: 'features' must have shape (N, D) with N, D >= 1, got "
-                         f"{features.shape}")
-    if not np.issubdtype(features.dtype, np.floating):
-        raise UserError(f"{path}: 'features' must be floating point, got {features.dtype}")
-    features = np.ascontiguousarray(features, dtype=np.float32)
-    try:
-        _check_unit_rows(features, f"{path}: 'features'", tol=1e-2)
-    except ValueError as err:
-        raise UserError(f"{err} (expected the L2-normalised output of robustreid)") from err
-    features /= np.linalg.norm(features, axis=1, keepdims=True)
-    num = features.shape[0]
-    if "paths" in arrays:
-        raw_paths = arrays["paths"]
-        if raw_paths.ndim != 1 or raw_paths.shape[0] != num or raw_paths.dtype.kind not in "US":
-            raise ValueError(f"{path}: 'paths' must be {num} strings (one per row of "
-                             f"'features'), got shape {raw_paths.shape} dtype {raw_paths.dtype}")
-        paths = [p.decode() if isinstance(p, bytes) else str(p) for p in raw_paths.tolist()]
-    elif require_paths:
-        raise UserError(f"{path}: missing array 'paths' (N image paths, one per row of "
-                         f"'features'); it is needed to show the results")
-    else:
-        paths = [f"{path.name}#{i}" for i in range(num)]
-    parsed = parse_ids(paths) if "pids" not in arrays or "camids" not in arrays else None
-    ids = []
-    for pos, key in enumerate(("pids", "camids")):
-        if key not in arrays:
-            assert parsed is not None
-            ids.append(parsed[pos])
-            continue
-        arr = arrays[key]
-        if arr.shape != (num,) or arr.dtype.kind not in "iu":
-            raise ValueError(f"{path}: '{key}' must be {num} integers (-1 unknown), got shape "
-                             f"{arr.shape} dtype {arr.dtype}")
-        ids.append(arr.astype(np.int64))
-    meta: dict[str, Any] = {}
-    if "meta" in arrays:
-        try:
-            meta = json.loads(str(arrays["meta"]))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: 'meta' must be a JSON string: {err}") from err
-        if not isinstance(meta, dict):
-            raise ValueError(f"{path}: 'meta' must be a JSON object, got "
-                             f"{type(meta).__name__}")
-    return Embeddings(features, paths, ids[0], ids[1], meta, path)
-
+    emb = read_embeddings(path, require_paths=require_paths)
+    emb.features /= np.linalg.norm(emb.features, axis=1, keepdims=True)
+    return emb

@@ -18,9 +18,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from robustreid.distributed import all_gather_padded, get_world_size, is_initialized
 
 UpdateMode = Literal["mean", "hard"]
 _UPDATE_MODES: tuple[str, ...] = ("mean", "hard")
@@ -272,34 +273,16 @@ class ClusterMemory(nn.Module):
         targets = targets.to(device=inputs.device, dtype=torch.long)
         if not self.distributed:
             return inputs, targets
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_initialized():
             raise RuntimeError(
                 "ClusterMemory(distributed=True) needs torch.distributed to be initialised "
                 "(call torch.distributed.init_process_group first), or use distributed=False"
             )
-        world = dist.get_world_size()
-        if world == 1:
-            return inputs, targets
-        device = inputs.device
-        inputs = inputs.to(torch.float32).contiguous()
-        targets = targets.contiguous()
-        # Batch sizes may differ between ranks: gather them, pad to the largest, trim after.
-        size = torch.tensor([inputs.shape[0]], dtype=torch.long, device=device)
-        sizes = [torch.zeros_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size)
-        counts = [int(s.item()) for s in sizes]
-        largest = max(counts)
-        pad = largest - inputs.shape[0]
-        if pad:
-            inputs = torch.cat([inputs, inputs.new_zeros(pad, inputs.shape[1])])
-            targets = torch.cat([targets, targets.new_zeros(pad)])
-        all_inputs = [torch.empty_like(inputs) for _ in range(world)]
-        all_targets = [torch.empty_like(targets) for _ in range(world)]
-        dist.all_gather(all_inputs, inputs)
-        dist.all_gather(all_targets, targets)
-        gathered_inputs = torch.cat([t[:n] for t, n in zip(all_inputs, counts, strict=True)])
-        gathered_targets = torch.cat([t[:n] for t, n in zip(all_targets, counts, strict=True)])
-        return gathered_inputs, gathered_targets
+        # batch sizes may differ between ranks (robustreid.distributed pads and trims)
+        if get_world_size() > 1:
+            inputs = all_gather_padded(inputs.to(torch.float32), "memory update (inputs)")
+            targets = all_gather_padded(targets, "memory update (targets)")
+        return inputs, targets
 
     # ------------------------------------------------------------------ checks / repr
     def _check_inputs(self, inputs: Tensor, targets: Tensor) -> None:

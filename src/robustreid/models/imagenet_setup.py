@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from robustreid.engine.checkpoint import TORCH_LOAD_ERRORS
 from robustreid.errors import UserError
 from robustreid.io import atomic_write
 from robustreid.models.weights import (
@@ -222,7 +223,7 @@ def install_mobilenet_v2_weights(
             )
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types
+    except TORCH_LOAD_ERRORS as err:  # what torch.load raises for damaged or foreign files
         raise WeightsMismatchError(
             f"could not read {DEEPSORT_MEMBER}: {type(err).__name__}: {err}"
         ) from err

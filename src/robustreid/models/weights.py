@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from robustreid.engine.checkpoint import TORCH_LOAD_ERRORS
 from robustreid.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def read_state_dict(
         raise UserError(f"weights file {str(path)!r} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as err:  # torch.load raises many types (UnpicklingError, RuntimeError, ...)
+    except TORCH_LOAD_ERRORS as err:  # what torch.load raises for damaged or foreign files
         raise WeightsMismatchError(
             f"could not read weights from {str(path)!r}: {type(err).__name__}: {err}. "
             "Expected a torch.save'd state dict or a checkpoint dict with 'state_dict'/'model'."

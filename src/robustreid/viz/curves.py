@@ -69,7 +69,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"metrics file {path} is not UTF-8 text: {err}") from None
+        raise UserError(f"metrics file {path} is not UTF-8 text: {err}") from None
     records: list[dict[str, Any]] = []
     first_line: dict[int, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
@@ -79,38 +79,38 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
+            raise UserError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); "
                              "expected one JSON object per line") from None
         _check_record(record, where)
         epoch = record["epoch"]
         if epoch in first_line:
-            raise ValueError(f"{where}: epoch {epoch} already appeared on line "
+            raise UserError(f"{where}: epoch {epoch} already appeared on line "
                              f"{first_line[epoch]}; expected one record per epoch")
         first_line[epoch] = number
         records.append(record)
     if not records:
-        raise ValueError(f"metrics file {path} is empty: expected one JSON object per epoch")
+        raise UserError(f"metrics file {path} is empty: expected one JSON object per epoch")
     return records
 
 
 def _check_record(record: Any, where: str) -> None:
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "epoch" not in record:
-        raise ValueError(f"{where}: missing key 'epoch'")
+        raise UserError(f"{where}: missing key 'epoch'")
     epoch = record["epoch"]
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f"{where}: key 'epoch' must be an integer >= 0, got {epoch!r}")
+        raise UserError(f"{where}: key 'epoch' must be an integer >= 0, got {epoch!r}")
     for key in NUMBER_KEYS:
         value = record.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where}: key {key!r} must be a number, got {value!r}")
+            raise UserError(f"{where}: key {key!r} must be a number, got {value!r}")
     for key in FRACTION_KEYS:
         value = record.get(key, 0.0)
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{where}: key {key!r} must be a fraction in [0, 1], got {value!r}")
+            raise UserError(f"{where}: key {key!r} must be a fraction in [0, 1], got {value!r}")
     if not isinstance(record.get("skipped", False), bool):
-        raise ValueError(f"{where}: key 'skipped' must be true or false, got "
+        raise UserError(f"{where}: key 'skipped' must be true or false, got "
                          f"{record['skipped']!r}")
 
 
@@ -340,7 +340,7 @@ def plot_training_curves(metrics_jsonl_or_run_dir: str | Path,
     image_format = out.suffix.lower().lstrip(".") or "png"
     supported = fig.canvas.get_supported_filetypes()
     if image_format not in supported:
-        raise ValueError(f"cannot write the curves to {out}: unknown image suffix "
+        raise UserError(f"cannot write the curves to {out}: unknown image suffix "
                          f"{out.suffix!r}; expected one of {', '.join(sorted(supported))}")
     return atomic_write(out, lambda handle: fig.savefig(handle, format=image_format))
 
