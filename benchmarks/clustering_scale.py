@@ -174,6 +174,32 @@ def machine() -> str:
             f"{torch.get_num_threads()}, {platform.system()} {platform.release()}")
 
 
+def print_table(paths: list[str]) -> None:
+    """Markdown table of result files written by ``--json`` (no recomputation)."""
+    print("| N | backend | kNN | Jaccard / InfoMap | DBSCAN | total | peak RSS | "
+          "recall@30 | clusters / outliers | ARI truth | ARI vs exact | time vs exact |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    totals: dict[tuple[str, str], dict[int, float]] = {}
+    for path in paths:
+        info = json.loads(Path(path).read_text())
+        for rep in info["results"]:
+            t = rep["times_s"]
+            second = t.get("jaccard", t.get("infomap", float("nan")))
+            vs = (f"{rep['ari_vs_exact']:.4f} | {rep['time_ratio_vs_exact']:.3f}"
+                  if "ari_vs_exact" in rep else "- | -")
+            print(f"| {rep['n']:,} | {rep['backend']} | {t['knn']:.1f} s | {second:.1f} s | "
+                  f"{t.get('dbscan', 0.0):.1f} s | {t['total']:.1f} s | "
+                  f"{rep['peak_rss_mb'] / 1024:.2f} GiB | {rep['recall_at_k1']:.4f} | "
+                  f"{rep['clusters']:,} / {rep['outliers']:,} | {rep['ari_truth']:.4f} | {vs} |")
+            totals.setdefault((path, rep["backend"]), {})[rep["n"]] = t["total"]
+    for (path, backend), by_n in totals.items():  # growth within one run only
+        sizes = sorted(by_n)
+        if len(sizes) > 1:
+            growth = by_n[sizes[-1]] / by_n[sizes[0]]
+            print(f"\n{path}, {backend}: total time x{growth:.1f} from N = {sizes[0]:,} to "
+                  f"{sizes[-1]:,} (N x{sizes[-1] / sizes[0]:.0f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
@@ -191,6 +217,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write the raw results to this file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the feature files")
+    ap.add_argument("--table", nargs="+", metavar="JSON",
+                    help="only print the markdown table of these --json result files")
     # internal: the child process
     ap.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--features", help=argparse.SUPPRESS)
@@ -199,6 +227,9 @@ def main() -> None:
     args = ap.parse_args()
     if args._worker:
         worker(args)
+        return
+    if args.table:
+        print_table(args.table)
         return
 
     from sklearn.metrics import adjusted_rand_score

@@ -11,6 +11,8 @@
 #   3. benchmarks/ddp_overhead.py: training steps through DistributedDataParallel with one
 #      process against the plain path (ResNet-50, batch 256, AMP);
 #      benchmarks/clustering.py with the exact kNN on the GPU at N = 12,936 and N = 100,000;
+#      benchmarks/clustering_scale.py: pseudo-labels for 1,000,000 features (d = 2048,
+#      float16) with the blocked IVF search on the GPU (issue 17: at most 2 minutes);
 #   4. the paired SynthPerson ablation ($CONFIG, by default the Market-sized preset, generated
 #      under data/ if missing), seeds 1..$SEEDS, $JOBS runs at a time, stopped so that the
 #      whole script ends by $DEADLINE seconds (finished runs are kept; the table and plot
@@ -61,6 +63,13 @@ echo "== clustering, kNN on the GPU"
   timeout 100 "$PY" benchmarks/clustering.py --device cuda --skip-random --approx-n 0 \
       --n 100000 --clusters 5400 --repeat 1; } > "$OUT/clustering_cuda.txt" 2>&1
 grep -E "clustered|floor|ours total|ratio|post-kNN|clusters /" "$OUT/clustering_cuda.txt"
+
+echo "== pseudo-labels for a million images, IVF search on the GPU"
+timeout 300 "$PY" benchmarks/clustering_scale.py --sizes 1000000 --backends ivf \
+    --device cuda --workdir "$OUT/clustering_scale" \
+    --json "$OUT/clustering_scale_cuda.json" > "$OUT/clustering_scale_cuda.txt" 2>&1
+grep -E "N=|ivf " "$OUT/clustering_scale_cuda.txt"
+rm -rf "$OUT/clustering_scale"
 fi
 
 if [ "$CONFIG" = configs/synthperson_market_ablation.yaml ] && \

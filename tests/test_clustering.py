@@ -106,6 +106,33 @@ def test_pseudo_labels_eps05_exact_ties(fixture, fixture_dist):
     assert _same_partition(dbscan_sparse(patched.tocsr(), 0.5, 4), ref_labels)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_dbscan_sparse_gives_scikit_learns_partition(seed):
+    """Random symmetric sparse graphs with chains, shared border samples and stored zeros:
+    the linear DBSCAN equals scikit-learn's label for label (after renaming)."""
+    from sklearn.cluster import DBSCAN
+
+    from robustreid.clustering import dbscan_sparse, relabel_consecutive
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    pairs = rng.integers(0, n, size=(int(rng.integers(300, 1500)), 2))
+    near = np.sort(rng.integers(0, n, size=(600, 1)) + rng.integers(1, 4, size=(600, 2)), 1)
+    pairs = np.concatenate([pairs, np.clip(near, 0, n - 1)])
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    values = rng.choice([0.0, 0.2, 0.45, 0.5, 0.55, 0.9], size=len(pairs))
+    upper = sp.coo_matrix((values, (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
+    dist = (upper + upper.T).tocsr()
+    dist.data = np.minimum(dist.data, 0.9)  # pairs given twice were summed
+    dist.setdiag(0.0)
+    for eps, min_samples in ((0.5, 3), (0.5, 4), (0.2, 2), (0.55, 6)):
+        ours = dbscan_sparse(dist, eps, min_samples)
+        theirs = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(
+            dist.sorted_indices())
+        np.testing.assert_array_equal(ours, relabel_consecutive(theirs))
+        assert (ours >= 0).any() and (ours < 0).any()  # clusters and outliers both occur
+
+
 def test_input_types_agree(fixture):
     x = fixture["features"][:600]
     base = jaccard_distance(x, 20, 6)

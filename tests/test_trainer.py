@@ -16,7 +16,7 @@ import robustreid.engine.trainer as trainer_module
 from robustreid.clustering.labellers import EpochLabels, InstanceWarmup
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.engine.hooks import HookBase
-from robustreid.errors import RunInterrupted, TrainingDiverged
+from robustreid.errors import RunInterrupted, TrainingDiverged, UserError
 from robustreid.evaluation.features import extract_features
 from tests.conftest import Kill, make_trainer, tiny_config
 
@@ -337,11 +337,24 @@ def test_features_streamed_to_disk_and_infomap_clustering(tiny_data, tmp_path):
     assert stored.dtype == np.float16 and stored.shape == tuple(in_memory.shape)
     assert on_disk.dtype == torch.float16
     assert torch.allclose(on_disk.float(), in_memory, atol=2e-3)
+    before = on_disk.clone()
+    again = trainer.extract_train_features()  # the next epoch's file replaces this one
+    assert torch.equal(on_disk, before)  # the old memory map stays readable and unchanged
+    assert torch.equal(again, before)
+    assert not list((tmp_path / "disk").glob(".*.tmp"))
     assert trainer.labeller.method == "infomap"
     state = trainer.fit()
     record = state.history[-1]
     assert record["clusters"] >= 2  # InfoMap clusters fed the memory and training
     assert np.isfinite(record["loss"])
+
+
+def test_features_on_disk_is_refused_under_several_processes(tiny_data, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.setattr(trainer_module, "get_world_size", lambda: 2)
+    cfg = tiny_config(tmp_path / "run", "cluster.features_on_disk=true")
+    with pytest.raises(UserError, match=r"features_on_disk=true .* 2 processes"):
+        make_trainer(cfg, tiny_data)
 
 
 def test_sigterm_stops_after_the_step_and_resume_matches_uninterrupted(tiny_data, tmp_path):
