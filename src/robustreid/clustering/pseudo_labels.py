@@ -17,7 +17,7 @@ from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
 from .graph_clustering import infomap_labels
 from .jaccard import _jaccard_core, check_k
-from .knn import choose_method, knn
+from .knn import _resolve_device, choose_method, knn
 from .progress import Step
 
 __all__ = ["pseudo_labels", "dbscan_sparse", "dbscan_graph", "relabel_consecutive",
@@ -170,7 +170,7 @@ def pseudo_labels(
             labels = infomap_labels(dist, idx, k=k1, min_similarity=infomap_min_similarity,
                                     min_size=infomap_min_size, seed=seed)
             return (labels, dist, idx) if return_knn else labels
-        resolved = (choose_method(n, int(features.shape[1]), _device_of(features, device))
+        resolved = (choose_method(n, int(features.shape[1]), _resolve_device(features, device))
                     if knn_method == "auto" else knn_method)
         knn_out = (dist, idx)
         perm = None
@@ -191,14 +191,6 @@ def pseudo_labels(
             out[perm] = labels
             labels = relabel_consecutive(out)
         return (labels, *knn_out) if return_knn else labels
-
-
-def _device_of(features: Any, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if isinstance(features, torch.Tensor):
-        return features.device
-    return torch.device("cpu")
 
 
 def _renumber(dist: np.ndarray, idx: np.ndarray, k: int
