@@ -44,6 +44,10 @@ __all__ = ["Projection", "fit_projection", "project", "ivf_knn", "default_nprobe
 
 logger = logging.getLogger(__name__)
 
+# k-means is fitted on at most 64 rows per cell and at most this many rows: its cost grows
+# as sample x cells, so without the cap it would grow quadratically with N
+KMEANS_SAMPLE = 65536
+
 
 @dataclass
 class Projection:
@@ -247,7 +251,7 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
         nlist: k-means cells (default ``round(N / 512)``: about 512 rows per cell).
         nprobe: cells searched per cell (``nprobe * N / nlist`` candidates per row; default
             :func:`default_nprobe`).
-        iters: k-means iterations (on ``min(N, 64 * nlist)`` sampled rows).
+        iters: k-means iterations (on ``min(N, 64 * nlist, KMEANS_SAMPLE)`` sampled rows).
         seed: seed of the k-means sample and initialisation.
         device: torch device of the matrix products.
         border: rows whose ``border`` nearest cells were not all among their cell's searched
@@ -278,7 +282,8 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
     n_log = n if n_log is None else n_log
     with Step(logger, f"k-means ({nlist} cells, {y.shape[1]}-d)", n_log):
         rng = np.random.default_rng(seed)
-        train = y[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
+        train = y[np.sort(rng.choice(n, size=min(n, 64 * nlist, KMEANS_SAMPLE),
+                                     replace=False))]
         cent = _kmeans(torch.from_numpy(train).to(dev), nlist, iters, gen)
         probes = _nearest_centroids(y, cent, vote, dev)
     cent_norm = (cent * cent).sum(1)
@@ -397,7 +402,7 @@ def neighbour_order(indices: np.ndarray, m: int = 8) -> np.ndarray:
 
 
 def refine_knn(features: Any, candidates: np.ndarray, k: int, *,
-               order: np.ndarray | None = None, block: int = 512,
+               order: np.ndarray | None = None, block: int = 1024,
                device: torch.device | str = "cpu", n_log: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest of each row's candidates by exact squared distance in ``D`` dims.
