@@ -230,7 +230,7 @@ class TrainConfig:
     # Train on the true identities instead of pseudo-labels (the supervised upper bound).
     supervised: bool = False
     log_every: int = field(default=50, metadata={"ge": 1})
-    # Several processes (torchrun): BatchNorm over the global batch (SyncBatchNorm), and the
+    # Several processes (torchrun): BatchNorm over all processes' batch (SyncBatchNorm), and the
     # longest a collective waits for the other processes before the run stops with an error
     # (seconds; rank 0 clusters and ranks alone meanwhile, so keep it above that time).
     sync_bn: bool = True

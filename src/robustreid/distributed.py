@@ -2,7 +2,7 @@
 
 robustreid trains on any number of processes started by ``torchrun`` (one per GPU, or
 several on the CPU with gloo) and gives the same result at every world size for a fixed
-global batch. The rest of the library asks this module, and only this module:
+batch over all processes. The rest of the library asks this module, and only this module:
 
 * who am I: :func:`get_rank`, :func:`get_local_rank`, :func:`get_world_size`,
   :func:`is_main_process` (valid, and trivial, without a process group);
@@ -17,7 +17,7 @@ global batch. The rest of the library asks this module, and only this module:
   :func:`unwrap_model`, :func:`broadcast_buffers`, and :class:`GlobalBatchNorm`, BatchNorm
   over the batch of every rank on any device (PyTorch's ``SyncBatchNorm`` takes GPU tensors
   only);
-* the split of a global batch: :func:`batch_share`.
+* the split of the batch over the processes: :func:`batch_share`.
 
 Without a process group every collective returns its input, so a single-process run neither
 pays for nor depends on any of this.
