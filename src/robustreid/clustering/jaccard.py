@@ -203,14 +203,8 @@ def _min_sum_upper(v: sp.csr_matrix, step: Step | None = None) -> sp.csr_matrix:
         part = first + np.arange(total, dtype=np.int64)
         val = np.minimum(np.repeat(vals[ea:eb], cnt), inv_vals[part])
         indptr = (cum[v.indptr[a : b + 1]] - cum[ea]).astype(np.int64)
-        # rows grouped, columns unsorted with duplicates: transpose (counting sort, linear).
-        # Only the block's span of columns is indexed, so a block costs O(its pairs + span),
-        # not O(N): with N / chunk blocks the latter would be quadratic in N (the locality
-        # numbering of the approximate path keeps the spans short).
-        cols = inv_rows[part]
-        lo = int(cols.min())
-        span = int(cols.max()) - lo + 1
-        blk = sp.csr_matrix((val, cols - lo, indptr), shape=(b - a, span)).tocsc()
+        # rows grouped, columns unsorted with duplicates: transpose (counting sort, linear)
+        blk = sp.csr_matrix((val, inv_rows[part], indptr), shape=(b - a, n)).tocsc()
         c_rows = blk.indices
         c_cols = _row_ids(blk.indptr)
         new = np.ones(len(c_rows), dtype=bool)
@@ -221,10 +215,9 @@ def _min_sum_upper(v: sp.csr_matrix, step: Step | None = None) -> sp.csr_matrix:
         sums = np.zeros(len(starts), dtype=np.float32)
         np.add.at(sums, np.cumsum(new) - 1, blk.data)
         u_cols = c_cols[starts]
-        c_indptr = np.concatenate(([0], np.cumsum(np.bincount(u_cols, minlength=span))))
-        uniq = sp.csc_matrix((sums, c_rows[starts], c_indptr), shape=(b - a, span)).tocsr()
-        blocks.append(sp.csr_matrix((uniq.data, uniq.indices + lo, uniq.indptr),
-                                    shape=(b - a, n)))
+        c_indptr = np.concatenate(([0], np.cumsum(np.bincount(u_cols, minlength=n))))
+        uniq = sp.csc_matrix((sums, c_rows[starts], c_indptr), shape=(b - a, n))
+        blocks.append(uniq.tocsr())
         if step is not None:
             step.advance(b - a)
     upper = sp.vstack(blocks, format="csr")
