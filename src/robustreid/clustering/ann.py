@@ -147,12 +147,15 @@ def fast_bfloat16(device: torch.device) -> bool:
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
 
-def _sq_dist(q: torch.Tensor, qn: torch.Tensor, c: torch.Tensor, cn: torch.Tensor,
+def _sq_dist(q: torch.Tensor, qn: torch.Tensor | None, c: torch.Tensor, cn: torch.Tensor,
              out: torch.Tensor | None = None) -> torch.Tensor:
     """``(m, p)`` squared distances from row norms and one matrix product (into ``out``,
-    a reused buffer: fresh multi-megabyte tensors cost a page fault per 4 KiB)."""
+    a reused buffer: fresh multi-megabyte tensors cost a page fault per 4 KiB). With
+    ``qn=None`` the rows' own squared norms are left out (``|c|^2 - 2 q.c``), which ranks
+    the ``c`` for each row the same."""
     d2 = torch.addmm(cn[None, :], q, c.T, beta=1.0, alpha=-2.0, out=out)
-    d2 += qn[:, None]
+    if qn is not None:
+        d2 += qn[:, None]
     return d2
 
 
@@ -202,9 +205,7 @@ def _nearest_centroids(y: np.ndarray, cent: torch.Tensor, nprobe: int, dev: torc
     chunk = 8192
     for s in range(0, n, chunk):
         q = torch.from_numpy(y[s:s + chunk]).to(dev)
-        # the row's own norm does not change its ranking of the centroids
-        d2 = torch.addmm(cn[None, :], q, cent.T, beta=1.0, alpha=-2.0,
-                         out=buf.view(len(q), len(cent)))
+        d2 = _sq_dist(q, None, cent, cn, out=buf.view(len(q), len(cent)))
         out[s:s + len(q)] = torch.topk(d2, nprobe, dim=1, largest=False).indices.cpu().numpy()
     return out
 
@@ -324,9 +325,7 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
         # intermediate in a reused buffer
         cb = torch.index_select(ys_mm, 0, cand, out=cand_buf.view(p, ys_mm.shape[1]))
         dots = torch.mm(ys_mm[qpos], cb.T, out=dot_buf.view(m, p))
-        d2 = torch.add(ys_norm[cand][None, :], dots, alpha=-2.0,
-                       out=d2_buf.view(m, p)) if low_precision else dots.mul_(-2.0).add_(
-                           ys_norm[cand][None, :])
+        d2 = torch.add(ys_norm[cand][None, :], dots, alpha=-2.0, out=d2_buf.view(m, p))
         scanned += d2.numel()
         # the row itself first (when its cell is searched)
         self_pos = torch.searchsorted(cand, qpos).clamp_(max=p - 1)
@@ -335,7 +334,7 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
         kk = min(k, p)
         val, pos = torch.topk(d2, kk, dim=1, largest=False, sorted=True)
         val.add_(ys_norm[qpos, None])
-        val[:, 0][found] = 0.0
+        val[found, 0] = 0.0
         dist = np.full((len(rows), k), np.inf, dtype=np.float32)
         idx = np.repeat(rows[:, None], k, axis=1)
         dist[:, :kk] = val.clamp_(min=0.0).cpu().numpy()
