@@ -160,6 +160,8 @@ def pseudo_labels(
     n = num_rows(features)
     k1, k2 = check_k(n, k1, k2)
     options = {"seed": seed, **dict(knn_options or {})}
+    if knn_method == "auto":  # decided here once: the steps after the kNN depend on it
+        knn_method = choose_method(n, int(features.shape[1]), _resolve_device(features, device))
     dtype_name = str(features.dtype).replace("torch.", "")
     with Step(logger, f"pseudo-labels ({method}, N={n}, D={int(features.shape[1])}, "
                       f"{dtype_name} features, kNN {knn_method})", n):
@@ -170,11 +172,9 @@ def pseudo_labels(
             labels = infomap_labels(dist, idx, k=k1, min_similarity=infomap_min_similarity,
                                     min_size=infomap_min_size, seed=seed)
             return (labels, dist, idx) if return_knn else labels
-        resolved = (choose_method(n, int(features.shape[1]), _resolve_device(features, device))
-                    if knn_method == "auto" else knn_method)
         knn_out = (dist, idx)
         perm = None
-        if resolved != "exact":
+        if knn_method != "exact":
             # number the rows so that neighbours get close numbers: the sparse products of
             # the Jaccard distance and DBSCAN then read memory in order (about 2x faster at a
             # million rows); the exact path keeps the classic numbering, bit for bit
