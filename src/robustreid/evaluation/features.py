@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from tqdm import tqdm
 from robustreid.data.base import Sample
 from robustreid.data.dataset import ImageDataset
 from robustreid.data.decoded import DecodedImages, normalize_uint8
+from robustreid.io import atomic_write
 
 
 def embed_batch(model: nn.Module, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
@@ -118,39 +119,40 @@ def embed_decoded(
         raise ValueError(f"embed_decoded: out= needs the whole data set, got shard={shard}")
     device = torch.device(device)
     rank, world = shard
-    was_training = model.training
-    model.eval()
-    chunks: list[torch.Tensor] = []
-    stored: np.memmap | None = None  # with ``out``: the file being written
-    tmp = None if out is None else Path(out).parent / f".{Path(out).name}.tmp"
     if progress is None:
         progress = sys.stderr.isatty()
-    try:
-        starts = range(rank * batch_size, len(images), world * batch_size)
-        for start in tqdm(starts, desc=desc, leave=False, disable=not progress):
-            batch = images.images[start:start + batch_size].to(device, non_blocking=True)
-            batch = normalize_uint8(batch)
-            if channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            feats = embed_batch(model, batch, flip).cpu()
-            if tmp is None:
-                chunks.append(feats)
-                continue
-            if stored is None:  # the dimension is known after the first batch
-                tmp.parent.mkdir(parents=True, exist_ok=True)
-                stored = np.lib.format.open_memmap(tmp, mode="w+", dtype=out_dtype,
-                                                   shape=(len(images), feats.shape[1]))
-            stored[start:start + len(feats)] = feats.numpy()
-    finally:
-        model.train(was_training)
-    if stored is not None:
-        stored.flush()
-        del stored
-        # a new file replaces the old one: a previous memory map of ``out`` stays valid
-        os.replace(tmp, out)
-        return torch.from_numpy(np.load(out, mmap_mode="r+"))
+
+    def batches() -> Iterator[torch.Tensor]:
+        """(B, D) features of the shard's batches, in order, on the CPU."""
+        was_training = model.training
+        model.eval()
+        try:
+            starts = range(rank * batch_size, len(images), world * batch_size)
+            for start in tqdm(starts, desc=desc, leave=False, disable=not progress):
+                batch = images.images[start:start + batch_size].to(device, non_blocking=True)
+                batch = normalize_uint8(batch)
+                if channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                yield embed_batch(model, batch, flip).cpu()
+        finally:
+            model.train(was_training)
+
     if out is not None:
-        raise ValueError("embed_decoded: no images given")
+        if len(images) == 0:
+            raise ValueError("embed_decoded: no images given")
+
+        def stream(handle: IO[bytes]) -> None:
+            for i, feats in enumerate(batches()):
+                if i == 0:  # the dimension is known after the first batch
+                    np.lib.format.write_array_header_1_0(handle, {
+                        "descr": np.lib.format.dtype_to_descr(np.dtype(out_dtype)),
+                        "fortran_order": False, "shape": (len(images), feats.shape[1])})
+                handle.write(feats.numpy().astype(out_dtype).tobytes())
+
+        # a new file replaces the old one: a previous memory map of ``out`` stays valid
+        atomic_write(out, stream)
+        return torch.from_numpy(np.load(out, mmap_mode="r+"))
+    chunks = list(batches())
     if not chunks:  # a shard with no batch (more processes than batches)
         dim = getattr(model, "feature_dim", 0)
         return torch.zeros(0, dim)
