@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from robustreid.config import load_config
 from robustreid.distributed import wrap_model
-from robustreid.engine.trainer import contrastive_step
+from robustreid.engine.step import contrastive_step
 from robustreid.memory import ClusterMemory
 from robustreid.models import build_model_from_spec
 from robustreid.utils import resolve_device

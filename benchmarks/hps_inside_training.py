@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from robustreid.build import build_aggregator
 from robustreid.clustering import pseudo_labels
 from robustreid.clustering.quality import majority_identities
 from robustreid.config import load_config
@@ -40,7 +41,6 @@ from robustreid.data import build_dataset
 from robustreid.data.decoded import BatchAugment, DecodedImages
 from robustreid.data.sampler import PseudoIdentitySampler
 from robustreid.engine.checkpoint import load_checkpoint
-from robustreid.engine.trainer import aggregator_from_config
 from robustreid.evaluation.features import embed_decoded
 from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, pack_clusters, select_hard_positive_indices
@@ -124,7 +124,7 @@ def main() -> None:
     for name, labels in (("dbscan", real), ("random_noise", noisy)):
         majority = majority_identities(labels, ids, int(labels.max()) + 1)
         wrong = np.where(labels >= 0, ids != majority[np.maximum(labels, 0)], False)
-        agg = aggregator_from_config(cfg)
+        agg = build_aggregator(cfg)
         agg.fit(features, torch.as_tensor(labels), torch.Generator().manual_seed(args.seed))
         keep = np.flatnonzero(labels >= 0)
         sampler = PseudoIdentitySampler(labels[keep].tolist(), [data.train[i].camid for i in keep],

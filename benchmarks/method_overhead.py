@@ -45,7 +45,7 @@ from clustering import clustered_features
 from robustreid.clustering import pseudo_labels
 from robustreid.config import load_config
 from robustreid.data.sampler import PseudoIdentitySampler
-from robustreid.engine.trainer import contrastive_step
+from robustreid.engine.step import contrastive_step
 from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, csa_prototypes, select_hard_positives, train_saa
 from robustreid.models import build_model_from_spec

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import torch
 
-from robustreid.cli import evaluate_config, train_config
 from robustreid.config import load_config, save_config
 from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.io import atomic_write_text
+from robustreid.jobs import evaluate, train
 from robustreid.utils import setup_logging
 from robustreid.viz.curves import read_metrics
 
@@ -173,11 +173,11 @@ def main() -> None:
         start = time.perf_counter()
         diagnostics = {}
         if kind == "train":
-            record = train_config(cfg)
+            record = train(cfg)
             curve = [(r["epoch"], r["mAP"]) for r in read_metrics(run_dir) if "mAP" in r]
             diagnostics = run_diagnostics(read_metrics(run_dir))
         else:
-            record, curve = evaluate_config(cfg, kind), []
+            record, curve = evaluate(cfg, kind), []
         results[key] = {
             "variant": name, "seed": seed, "label": label, "mAP": record["mAP"],
             "rank1": record["rank1"], "minutes": (time.perf_counter() - start) / 60,

@@ -184,11 +184,11 @@ def tiny_config(out, *extra):
 
 def make_trainer(cfg, data, **kwargs):
     """A CPU trainer of the tiny backbone, seeded by ``cfg.seed``."""
-    from robustreid.engine.trainer import Trainer
+    from robustreid.build import build_trainer
 
     seed_everything(cfg.seed)
     model = build_model(cfg.model.arch, pretrained="none")
-    return Trainer(cfg, model, data, torch.device("cpu"), **kwargs)
+    return build_trainer(cfg, model, data, torch.device("cpu"), **kwargs)
 
 
 class Kill(Exception):

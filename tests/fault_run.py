@@ -31,7 +31,8 @@ import torch
 
 
 def _arm(point: str, nth: int, signum: int) -> None:
-    import robustreid.engine.trainer as trainer_module
+    import robustreid.engine.extraction as extraction_module
+    import robustreid.engine.step as step_module
     from robustreid.clustering.labellers import ClusteringLabeller
     from robustreid.memory.strategies import Aggregator
 
@@ -53,14 +54,14 @@ def _arm(point: str, nth: int, signum: int) -> None:
         return wrapped
 
     if point == "extract":
-        trainer_module.embed_decoded = after(
-            trainer_module.embed_decoded, lambda *a, **k: k.get("desc") == "extract train")
+        extraction_module.embed_decoded = after(
+            extraction_module.embed_decoded, lambda *a, **k: k.get("desc") == "extract train")
     elif point == "cluster":
         ClusteringLabeller.__call__ = after(ClusteringLabeller.__call__)
     elif point == "saa":
         Aggregator.fit = after(Aggregator.fit)
     elif point == "step":
-        trainer_module.contrastive_step = after(trainer_module.contrastive_step)
+        step_module.contrastive_step = after(step_module.contrastive_step)
     elif point == "ckpt_write":
         save = torch.save
 

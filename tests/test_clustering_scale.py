@@ -199,7 +199,7 @@ def test_synthetic_generator_chunked_file_equals_memory(tmp_path):
 
 
 def test_config_cluster_keys_and_trainer_wiring():
-    from robustreid.engine.trainer import labeller_from_config
+    from robustreid.build import build_labeller
 
     cfg = load_config(None, ["cluster.knn=approx", "cluster.method=infomap",
                              "cluster.feature_dtype=float16", "cluster.knn_dim=64"])
@@ -207,7 +207,7 @@ def test_config_cluster_keys_and_trainer_wiring():
     class _Data:
         labelled, name, train = True, "toy", []
 
-    labeller = labeller_from_config(cfg, _Data(), torch.device("cpu"))
+    labeller = build_labeller(cfg, _Data(), torch.device("cpu"))
     assert labeller.knn_method == "ivf"  # approx: the older name
     assert labeller.method == "infomap" and labeller.feature_dtype == "float16"
     assert labeller.knn_options["reduce_dim"] == 64

@@ -660,10 +660,10 @@ def test_interrupted_save_removes_temp_file(tmp_path, monkeypatch):
 
 
 def test_trainer_checks_a_config_built_in_code():
-    from robustreid.engine.trainer import Trainer
+    from robustreid.build import build_trainer
 
     cfg = Config()
     cfg.train = dataclasses.replace(cfg.train, batch_size=7, num_instances=4)
     # refused before the model, the data or the device are touched
     with pytest.raises(ConfigError, match=r"train\.batch_size=7 must be a multiple"):
-        Trainer(cfg, model=None, data=None, device=None)  # type: ignore[arg-type]
+        build_trainer(cfg, model=None, data=None, device=None)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from torch import nn
 from robustreid import distributed as rd
 from robustreid.data import build_dataset
 from robustreid.engine.checkpoint import load_checkpoint
-from robustreid.engine.hooks import HookBase, ReplicaCheck
+from robustreid.engine.hooks import HookBase
 from robustreid.errors import RunInterrupted
 from tests.conftest import Kill, make_trainer, tiny_config
 
@@ -48,25 +48,26 @@ class Recorder(HookBase):
         self.labels: dict[int, np.ndarray] = {}
         self.memory: dict[int, torch.Tensor] = {}
 
-    def after_pseudo_labels(self, trainer, ctx) -> None:
+    def after_pseudo_labels(self, ctx) -> None:
         self.labels[ctx.epoch] = ctx.labels.labels.copy()
 
-    def after_epoch_train(self, trainer, ctx) -> None:
+    def after_epoch_train(self, ctx) -> None:
         self.memory[ctx.epoch] = ctx.memory.prototypes.clone()
 
 
 def _run(cfg, data, kill_at=None, resume=False) -> dict:
     """Train (the replicas checked after every step); return what the tests compare."""
-    recorder, check = Recorder(), ReplicaCheck()
+    recorder = Recorder()
 
     def kill(epoch, iteration):
         if (epoch, iteration) == kill_at:
             raise Kill
 
-    trainer = make_trainer(cfg, data, hooks=[recorder, check],
+    trainer = make_trainer(cfg, data, hooks=[recorder], check_replicas=True,
                            on_iteration=kill if kill_at else None)
     trainer.fit(resume=resume)
-    return {"labels": recorder.labels, "memory": recorder.memory, "checks": check.checks,
+    return {"labels": recorder.labels, "memory": recorder.memory,
+            "checks": trainer.replica_checks,
             "model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
             "history": trainer.state.history}
 
@@ -118,16 +119,22 @@ def _hang(rank: int) -> str | None:
 
 
 class SignalOnRank1(HookBase):
-    """A SIGTERM that only rank 1 receives, during epoch 1 step 2."""
+    """A SIGTERM that only rank 1 receives, during epoch 1 step 2 (set on the run's stop
+    flag, as its signal handler would)."""
 
-    def after_step(self, trainer, ctx, step) -> None:
+    def __init__(self) -> None:
+        self.stop = None
+
+    def after_step(self, ctx, step) -> None:
         if rd.get_rank() == 1 and (ctx.epoch, step.iteration) == (1, 2):
-            trainer._stop_signal = signal.SIGTERM
+            self.stop.signum = signal.SIGTERM
 
 
 def _stopped_by_one_signal(data, out: Path) -> str:
     """A run in which one process gets SIGTERM: the message every process stops with."""
-    trainer = make_trainer(tiny_config(out, *COMMON), data, hooks=[SignalOnRank1()])
+    hook = SignalOnRank1()
+    trainer = make_trainer(tiny_config(out, *COMMON), data, hooks=[hook])
+    hook.stop = trainer.stop
     try:
         trainer.fit()
     except RunInterrupted as err:
@@ -211,7 +218,7 @@ def test_every_process_holds_the_same_model_and_memory_after_every_step(two_proc
     for name in (*RUNS, "resumed", "local_bn"):
         r0, r1 = two_process_runs[0][name], two_process_runs[1][name]
         steps = 6 if name in RUNS else 3  # 2 epochs x 3 steps, or one epoch
-        assert r0["checks"] == r1["checks"] == steps  # ReplicaCheck compared the checksums
+        assert r0["checks"] == r1["checks"] == steps  # the replica check compared the checksums
         for key, value in r0["model"].items():
             assert torch.equal(value, r1["model"][key]), key
         for epoch, memory in r0["memory"].items():

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from robustreid.build import build_data
 from robustreid.config import load_config
 from robustreid.data import (
     UNKNOWN_PID,
     DatasetError,
-    build_configured_data,
     build_dataset,
     list_images,
 )
@@ -175,14 +175,14 @@ def test_eval_source_from_config(cam_tree, market_images, tmp_path):
     cfg = load_config("configs/own_data.yaml", [
         f"data.root={cam_tree}", "data.eval_dataset=folder", f"data.eval_root={labelled}",
         "data.eval_options={eval_only: true}"])
-    data = build_configured_data(cfg.data)
+    data = build_data(cfg)
     assert len(data.train) == 5 and not data.labelled
     assert len(data.query) == 4 and len(data.gallery) == 8 and data.has_test_split
     assert "query and gallery from 'folder'" in data.summary()
     # an evaluation set without query/gallery, or options without a set, are refused
     cfg.data.eval_dataset, cfg.data.eval_root, cfg.data.eval_options = "images", str(cam_tree), {}
     with pytest.raises(DatasetError, match="0 queries and 0 gallery images"):
-        build_configured_data(cfg.data)
+        build_data(cfg)
     cfg.data.eval_dataset = ""
     with pytest.raises(DatasetError, match="eval_dataset is empty"):
-        build_configured_data(cfg.data)
+        build_data(cfg)

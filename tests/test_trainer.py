@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import robustreid
-import robustreid.engine.trainer as trainer_module
+import robustreid.build as build_module
 from robustreid.clustering.labellers import EpochLabels, InstanceWarmup
+from robustreid.data.transforms import build_test_transform
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.engine.hooks import HookBase
 from robustreid.errors import RunInterrupted, TrainingDiverged, UserError
@@ -49,7 +50,8 @@ def test_trains_logs_and_checkpoints(tiny_data, tmp_path):
     extractor = robustreid.load(tmp_path / "run/best.pth")
     images = [s.path for s in tiny_data.query[:3]]
     trainer.model.load_state_dict(best["model"])
-    expected = extract_features(trainer.model, tiny_data.query[:3], trainer.test_transform)
+    expected = extract_features(trainer.model, tiny_data.query[:3],
+                                build_test_transform(cfg.data.height, cfg.data.width))
     torch.testing.assert_close(extractor(images), expected, atol=1e-5, rtol=0)
 
 
@@ -117,7 +119,7 @@ def test_single_cluster_epoch_is_skipped_with_warning(tiny_data, tmp_path, caplo
 def test_supervised_mode_uses_true_ids(tiny_data, tmp_path):
     cfg = tiny_config(tmp_path / "run", "train.epochs=1", "train.supervised=true")
     trainer = make_trainer(cfg, tiny_data)
-    labels = trainer.assign_labels(torch.zeros(len(tiny_data.train), 4), epoch=1)
+    labels = trainer.labeller(torch.zeros(len(tiny_data.train), 4), epoch=1)
     assert labels.num_clusters == tiny_data.num_train_pids and labels.num_outliers == 0
 
 
@@ -133,17 +135,17 @@ def test_instance_warmup_then_clustering(tiny_data, tmp_path):
                       "train.eval_every=0")
     trainer = make_trainer(cfg, tiny_data, labeller=InstanceWarmup(1, fake_clustering))
     n = len(tiny_data.train)
-    warm = trainer.assign_labels(torch.zeros(n, 4), epoch=1)
+    warm = trainer.labeller(torch.zeros(n, 4), epoch=1)
     assert warm.instance and warm.num_clusters == n and warm.num_outliers == 0
     assert np.array_equal(warm.labels, np.arange(n)) and calls == []
     # no SAA on singletons
-    assert [s.name for s in trainer.memory_strategies(warm)] == ["mean", "mean"]
-    later = trainer.assign_labels(torch.zeros(n, 4), epoch=2)
+    assert [s.name for s in trainer.memory_stage.strategies(warm)] == ["mean", "mean"]
+    later = trainer.labeller(torch.zeros(n, 4), epoch=2)
     assert not later.instance and later.num_clusters == 3 and calls == [n]
-    assert [s.name for s in trainer.memory_strategies(later)] == ["csa", "hps"]
+    assert [s.name for s in trainer.memory_stage.strategies(later)] == ["csa", "hps"]
     state = trainer.fit()
     assert [r["clusters"] for r in state.history[1:]] == [n, 3]
-    assert trainer.saa is not None  # trained in epoch 2 only
+    assert trainer.memory_stage.aggregator.saa is not None  # trained in epoch 2 only
 
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path):
@@ -161,7 +163,7 @@ def test_method_switches_train_and_resume(tiny_data, tmp_path, init, update):
              "method.csa_clusters_per_step=4", "train.eval_every=0"]
     full = make_trainer(tiny_config(tmp_path / "full", *extra), tiny_data)
     full.fit()
-    assert full.saa is not None
+    assert full.memory_stage.aggregator.saa is not None
     trained = [r for r in full.state.history[1:] if not r.get("skipped")]
     assert trained and all(np.isfinite(r["loss"]) for r in trained)
 
@@ -169,22 +171,23 @@ def test_method_switches_train_and_resume(tiny_data, tmp_path, init, update):
                                              tiny_data)
     for key, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
-    for key, value in full.saa.state_dict().items():
-        torch.testing.assert_close(resumed.saa.state_dict()[key], value, rtol=0, atol=0)
+    saa, resumed_saa = full.memory_stage.aggregator.saa, resumed.memory_stage.aggregator.saa
+    for key, value in saa.state_dict().items():
+        torch.testing.assert_close(resumed_saa.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_hps_updates_only_with_accepted_members(tiny_data, tmp_path):
     calls = []
 
     class Spy(HookBase):
-        def after_step(self, trainer, ctx, step):
+        def after_step(self, ctx, step):
             chosen = step.targets[step.updated]
             calls.append((chosen.numel(), chosen.unique().numel()))
 
     cfg = tiny_config(tmp_path / "run", "memory.update=hps", "method.csa_steps=3",
                       "train.epochs=1", "train.eval_every=0")
     trainer = make_trainer(cfg, tiny_data, hooks=[Spy()])
-    assert trainer.update.name == "hps"
+    assert trainer.memory_stage.update.name == "hps"
     trainer.fit()
     assert calls, "HPS was never used"
     # one update per pseudo-identity of the batch (P = 8 // 4 = 2), never more
@@ -208,14 +211,14 @@ def test_pseudo_label_diagnostics_are_logged_and_plotted(tiny_data, tmp_path):
     assert record["pl_clusters"] == record["pl_identities"] == tiny_data.num_train_pids
     # clustering: the logged figures are those of the epoch's labels against the true ids
     seen = {}
-    original = trainer_module.Trainer.assign_labels
+    trainer = make_trainer(tiny_config(tmp_path / "run", "train.epochs=1"), tiny_data)
+    original = trainer.labeller
 
-    def spy(self, features, epoch):
-        seen[epoch] = original(self, features, epoch)
+    def spy(features, epoch):
+        seen[epoch] = original(features, epoch)
         return seen[epoch]
 
-    trainer = make_trainer(tiny_config(tmp_path / "run", "train.epochs=1"), tiny_data)
-    trainer.assign_labels = spy.__get__(trainer)
+    trainer.labeller = spy
     trainer.fit()
     record = read_metrics(tmp_path / "run")[1]
     ids = np.array([s.pid for s in tiny_data.train])
@@ -246,7 +249,7 @@ def test_memory_diagnostics_on_a_planted_labelling(tiny_data, tmp_path, update):
     seen = {"rows": 0, "moved": 0, "updates": 0, "moved_updates": 0}
 
     class Spy(HookBase):
-        def after_step(self, trainer, ctx, step):
+        def after_step(self, ctx, step):
             idx = step.indices.numpy()
             seen["rows"] += len(idx)
             seen["moved"] += int(moved[idx].sum())
@@ -295,7 +298,7 @@ def test_csa_run_logs_saa_statistics(tiny_data, tmp_path):
     cfg = tiny_config(tmp_path / "run", "train.epochs=1", "train.eval_every=0",
                       "memory.init=csa", "method.csa_steps=4", "method.csa_clusters_per_step=4")
     trainer = make_trainer(cfg, tiny_data)
-    assert trainer.init.name == "csa" and trainer.update.name == "mean"
+    assert trainer.memory_stage.init.name == "csa" and trainer.memory_stage.update.name == "mean"
     record = trainer.fit().history[-1]
     assert np.isfinite(record["saa_initial_loss"]) and np.isfinite(record["saa_final_loss"])
     assert record["saa_seconds"] > 0
@@ -305,11 +308,12 @@ def test_csa_run_logs_saa_statistics(tiny_data, tmp_path):
 def test_in_batch_csa_trains_jointly_and_resumes_exactly(tiny_data, tmp_path):
     extra = ["memory.update=joint_csa", "train.eval_every=0"]
     full = make_trainer(tiny_config(tmp_path / "full", *extra), tiny_data)
-    assert full.update.name == "joint_csa"
-    start = {k: v.clone() for k, v in full.update.state_dict().items()}
+    assert full.memory_stage.update.name == "joint_csa"
+    start = {k: v.clone() for k, v in full.memory_stage.update.state_dict().items()}
     full.fit()
     # the attention block is in the optimiser: its weights moved with the backbone's
-    assert any(not torch.equal(start[k], v) for k, v in full.update.state_dict().items())
+    moved = full.memory_stage.update.state_dict()
+    assert any(not torch.equal(start[k], v) for k, v in moved.items())
     record = full.state.history[-1]
     assert np.isfinite(record["joint_loss"]) and record["joint_peak_weight"] >= 1.0
     # the aggregate of each batch cluster makes one update, built from every batch sample
@@ -318,7 +322,7 @@ def test_in_batch_csa_trains_jointly_and_resumes_exactly(tiny_data, tmp_path):
     resumed = killed_at_epoch_2_then_resumed(tiny_config(tmp_path / "killed", *extra),
                                              tiny_data)
     for module_full, module_resumed in ((full.model, resumed.model),
-                                        (full.update, resumed.update)):
+                                        (full.memory_stage.update, resumed.memory_stage.update)):
         for key, value in module_full.state_dict().items():
             torch.testing.assert_close(module_resumed.state_dict()[key], value, rtol=0, atol=0)
 
@@ -326,19 +330,19 @@ def test_in_batch_csa_trains_jointly_and_resumes_exactly(tiny_data, tmp_path):
 def test_features_streamed_to_disk_and_infomap_clustering(tiny_data, tmp_path):
     pytest.importorskip("infomap")
     ram = make_trainer(tiny_config(tmp_path / "ram", "train.epochs=1"), tiny_data)
-    in_memory = ram.extract_train_features()
+    in_memory = ram.extractor.train_features()
     cfg = tiny_config(tmp_path / "disk", "train.epochs=1", "train.eval_every=0",
                       "cluster.features_on_disk=true", "cluster.feature_dtype=float16",
                       "cluster.method=infomap", "cluster.infomap_min_sim=0.3")
     trainer = make_trainer(cfg, tiny_data)
-    on_disk = trainer.extract_train_features()
+    on_disk = trainer.extractor.train_features()
     path = tmp_path / "disk" / "train_features.npy"
     stored = np.load(path, mmap_mode="r")
     assert stored.dtype == np.float16 and stored.shape == tuple(in_memory.shape)
     assert on_disk.dtype == torch.float16
     assert torch.allclose(on_disk.float(), in_memory, atol=2e-3)
     before = on_disk.clone()
-    again = trainer.extract_train_features()  # the next epoch's file replaces this one
+    again = trainer.extractor.train_features()  # the next epoch's file replaces this one
     assert torch.equal(on_disk, before)  # the old memory map stays readable and unchanged
     assert torch.equal(again, before)
     assert not list((tmp_path / "disk").glob(".*.tmp"))
@@ -351,7 +355,7 @@ def test_features_streamed_to_disk_and_infomap_clustering(tiny_data, tmp_path):
 
 def test_features_on_disk_is_refused_under_several_processes(tiny_data, tmp_path,
                                                             monkeypatch):
-    monkeypatch.setattr(trainer_module, "get_world_size", lambda: 2)
+    monkeypatch.setattr(build_module, "get_world_size", lambda: 2)
     cfg = tiny_config(tmp_path / "run", "cluster.features_on_disk=true")
     with pytest.raises(UserError, match=r"features_on_disk=true .* 2 processes"):
         make_trainer(cfg, tiny_data)

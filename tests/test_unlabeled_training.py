@@ -8,8 +8,9 @@ import shutil
 
 import pytest
 
+from robustreid.build import build_data
 from robustreid.cli import main
-from robustreid.data import UNKNOWN_PID, build_configured_data, parse_market_name
+from robustreid.data import UNKNOWN_PID, parse_market_name
 from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.engine.checkpoint import load_checkpoint
 from robustreid.viz.curves import plot_training_curves
@@ -121,7 +122,7 @@ def test_train_unlabeled_evaluate_on_separate_labelled_set(crops, synth_root, tm
     # the same sources read back from the saved config
     from robustreid.config import load_config
 
-    data = build_configured_data(load_config(out / "config.yaml").data)
+    data = build_data(load_config(out / "config.yaml"))
     assert all(s.pid == UNKNOWN_PID for s in data.train) and data.has_test_split
     assert main(["evaluate", "--config", str(out / "config.yaml"),
                  "--checkpoint", str(out / "last.pth")]) == 0

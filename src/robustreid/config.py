@@ -179,6 +179,10 @@ class MemoryConfig:
     # self-attention block trained with the backbone (joint_csa), or the hardest sample of
     # the cluster's more typical half by cosine to its mean (trimmed_hard); docs/method.md.
     update: Literal["mean", "hard", "hps", "joint_csa", "trimmed_hard"] = "mean"
+    # The memory class, by name (robustreid.memory.MEMORIES; "cluster": ClusterMemory), and
+    # extra keyword arguments for it.
+    kind: str = "cluster"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -217,6 +221,13 @@ class TrainConfig:
     weight_decay: float = field(default=5e-4, metadata={"ge": 0})
     step_size: int = field(default=20, metadata={"ge": 1})
     gamma: float = field(default=0.1, metadata={"gt": 0, "le": 1})
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    sgd_momentum: float = field(default=0.9, metadata={"ge": 0, "lt": 1})
+    nesterov: bool = False
+    scheduler: Literal["step", "cosine"] = "step"
+    lr_warmup_epochs: int = field(default=0, metadata={"ge": 0})
+    lr_warmup_factor: float = field(default=0.1, metadata={"gt": 0, "le": 1})
+    min_lr: float = field(default=0.0, metadata={"ge": 0})
     # Train transforms.
     flip_p: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     padding: int = field(default=10, metadata={"ge": 0})

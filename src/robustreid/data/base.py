@@ -21,16 +21,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from robustreid.errors import UserError
 from robustreid.registry import Registry
-
-if TYPE_CHECKING:
-    from robustreid.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +38,6 @@ __all__ = [
     "DatasetError",
     "ReIDData",
     "Sample",
-    "build_configured_data",
     "build_dataset",
     "find_dataset_dir",
     "list_datasets",
@@ -232,31 +228,6 @@ def build_dataset(name: str, root: PathLike, **kwargs: object) -> ReIDData:
             f"dataset reader {name!r} returned {type(data).__name__}, expected ReIDData"
         )
     logger.info("loaded dataset %s\n%s", name, data.summary())
-    return data
-
-
-def build_configured_data(dc: DataConfig) -> ReIDData:
-    """The data set ``dc`` (the ``data`` config section) names, with the query and gallery of
-    ``dc.eval_dataset`` (read from ``dc.eval_root``, default ``dc.root``, with
-    ``dc.eval_options``) when that is set.
-
-    Raises:
-        DatasetError: as :func:`build_dataset`, or ``eval_options`` without
-            ``eval_dataset``, or an evaluation set without query/gallery, or (as
-            ``dc.check_images`` asks) an image that does not read.
-    """
-    full = dc.check_images == "full"
-    data = build_dataset(dc.dataset, dc.root, verify_images=full, **dc.options)
-    if dc.eval_dataset:
-        test = build_dataset(dc.eval_dataset, dc.eval_root or dc.root, verify_images=full,
-                             **dc.eval_options)
-        data = with_test_split(data, test)
-    elif dc.eval_options or dc.eval_root:
-        raise DatasetError("data.eval_root/data.eval_options are set but data.eval_dataset "
-                           "is empty: expected the name of the evaluation data set")
-    if dc.check_images == "header":
-        for split in ("train", "query", "gallery"):
-            check_image_headers(getattr(data, split), split, workers=max(4, dc.num_workers))
     return data
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 
@@ -201,3 +202,18 @@ def _as_int_vector(values: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
     return arr.astype(np.int64)
+
+
+def epoch_batches(labels: Sequence[int] | np.ndarray, camids: Sequence[int] | np.ndarray,
+                  batch_size: int, num_instances: int, num_iterations: int, seed: int,
+                  epoch: int, prefer_cross_camera: bool = True) -> torch.Tensor:
+    """The P x K batches of one epoch, as rows into ``labels``: ``(S, batch_size)`` int64
+    with ``S`` the number of whole batches the :class:`PseudoIdentitySampler` of
+    ``(seed, epoch)`` yields (``num_iterations``). Arguments as for the sampler."""
+    sampler = PseudoIdentitySampler(
+        np.asarray(labels).tolist(), camids, num_instances=num_instances,
+        batch_size=batch_size, num_iterations=num_iterations, seed=seed,
+        prefer_cross_camera=prefer_cross_camera)
+    sampler.set_epoch(epoch)
+    order = torch.as_tensor(list(sampler), dtype=torch.long)
+    return order[: len(order) // batch_size * batch_size].view(-1, batch_size)

@@ -1,19 +1,20 @@
-"""Callbacks of the training loop: evaluation, metrics, logging, checkpoints, diagnostics.
+"""Observers of the training loop: metrics, logging, diagnostics (after fast-reid's hooks).
 
-The trainer's epoch reads like the method (extract -> pseudo-label -> memory -> train); all
-the bookkeeping lives here, as hooks it calls at fixed points (after fast-reid's
-``HookBase``). Every hook method receives the trainer; the per-epoch ones also receive the
-:class:`EpochContext`, whose ``record`` (the epoch's line of ``metrics.jsonl``) they may add
-keys to. Hooks must not draw from the shared random generators of random, numpy and
-torch (exact resume depends on their state).
+The loop (:class:`robustreid.engine.loop.Trainer`) reads like the method (extract ->
+pseudo-label -> memory -> train -> evaluate -> checkpoint); everything that only watches lives
+here, as hooks it calls at fixed points. A hook gets what it needs as arguments (the
+:class:`EpochContext`, the :class:`StepContext`, the finished record), may add keys to the
+epoch's ``record`` (the epoch's line of ``metrics.jsonl``), and never calls back into the loop,
+dispatches hooks or runs a collective: evaluation and checkpoints are stages of the loop, not
+hooks. Hooks must not draw from the shared random generators of random, numpy and torch
+(exact resume depends on their state).
 
-Under a process group every process runs every hook (a hook may use collectives, and
-every process holds the same labels, memory, records and state); only the main process
-writes files (:class:`MetricsWriter`, :class:`CheckpointHook`) and logs epochs.
+Under a process group every process runs every hook (every process holds the same labels,
+memory and records); only the main process writes files and logs epochs.
 
-Order of the calls in :meth:`robustreid.engine.trainer.Trainer.fit`::
+Order of the calls in :meth:`robustreid.engine.loop.Trainer.fit`::
 
-    before_train
+    on_record (the epoch-0 evaluation, on a fresh start), before_train
     per epoch: after_pseudo_labels, after_memory_init, after_step (per step),
                after_epoch_train, after_epoch, then on_record (the finished record)
     after_train
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,13 +40,9 @@ from robustreid.clustering.quality import (
     mean_angle_degrees,
     pseudo_label_quality,
 )
-from robustreid.distributed import is_main_process, replicas_agree
-from robustreid.engine.checkpoint import save_checkpoint
+from robustreid.distributed import is_main_process
 from robustreid.io import atomic_write_text
 from robustreid.memory import ClusterMemory, cluster_means
-
-if TYPE_CHECKING:
-    from robustreid.engine.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -85,51 +82,29 @@ class StepContext:
 class HookBase:
     """A callback of the training loop; override what you need."""
 
-    def before_train(self, trainer: Trainer) -> None:
+    def before_train(self) -> None:
         pass
 
-    def after_pseudo_labels(self, trainer: Trainer, ctx: EpochContext) -> None:
+    def after_pseudo_labels(self, ctx: EpochContext) -> None:
         pass
 
-    def after_memory_init(self, trainer: Trainer, ctx: EpochContext) -> None:
+    def after_memory_init(self, ctx: EpochContext) -> None:
         pass
 
-    def after_step(self, trainer: Trainer, ctx: EpochContext, step: StepContext) -> None:
+    def after_step(self, ctx: EpochContext, step: StepContext) -> None:
         pass
 
-    def after_epoch_train(self, trainer: Trainer, ctx: EpochContext) -> None:
+    def after_epoch_train(self, ctx: EpochContext) -> None:
         pass
 
-    def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def after_epoch(self, record: dict[str, Any]) -> None:
+        """The epoch is trained (and evaluated when scheduled); ``record`` may still grow."""
+
+    def on_record(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """``record`` is final and the last item of ``history`` (every record so far)."""
+
+    def after_train(self) -> None:
         pass
-
-    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        pass
-
-    def after_train(self, trainer: Trainer) -> None:
-        pass
-
-
-class EvaluationHook(HookBase):
-    """Test ranking before training (epoch 0, on a fresh start), every ``every`` epochs and
-    after the last (``every`` = 0: only after the last)."""
-
-    def __init__(self, every: int, epochs: int) -> None:
-        self.every, self.epochs = every, epochs
-
-    def before_train(self, trainer: Trainer) -> None:
-        if trainer.state.history:
-            return
-        metrics = trainer.evaluate_metrics()
-        trainer.record({"epoch": 0, **metrics})
-        logger.info("before training: mAP %.2f%% rank-1 %.2f%%", 100 * metrics["mAP"],
-                    100 * metrics["rank1"])
-
-    def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        epoch = record["epoch"]
-        if epoch == self.epochs or (self.every and epoch % self.every == 0):
-            start = time.perf_counter()
-            record.update(trainer.evaluate_metrics(), time_eval=time.perf_counter() - start)
 
 
 class MetricsWriter(HookBase):
@@ -139,19 +114,19 @@ class MetricsWriter(HookBase):
         self.out_dir = Path(out_dir)
         self._writer: Any = None
 
-    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_record(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
         if not is_main_process():
             return
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in trainer.state.history)
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in history)
         atomic_write_text(self.out_dir / "metrics.jsonl", lines)
-        writer = self._tensorboard(trainer.state.epoch)
+        writer = self._tensorboard(record["epoch"])
         if writer is not None:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, int | float):
                     writer.add_scalar(key, value, record["epoch"])
             writer.flush()
 
-    def after_train(self, trainer: Trainer) -> None:
+    def after_train(self) -> None:
         if self._writer:
             self._writer.close()
         self._writer = None
@@ -174,7 +149,7 @@ class EpochLogger(HookBase):
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
 
-    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def on_record(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
         if record["epoch"] == 0 or not is_main_process():
             return
         parts = [f"epoch {record['epoch']}/{self.epochs}"]
@@ -191,61 +166,14 @@ class EpochLogger(HookBase):
         logger.info("%s | %s", " | ".join(parts), times)
 
 
-class CheckpointHook(HookBase):
-    """``last.pth`` after every epoch (everything a resume needs) and ``best.pth`` when the
-    epoch's ``metric`` beats every earlier one (the model, metrics, config and meta).
-
-    Every process builds the payload (it gathers their random states) and keeps the best
-    metric; the main process alone writes."""
-
-    def __init__(self, out_dir: Path, metric: str = "mAP") -> None:
-        self.out_dir, self.metric = Path(out_dir), metric
-
-    def on_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        if record["epoch"] == 0:
-            return
-        payload = trainer.checkpoint_payload()
-        value = record.get(self.metric)
-        if value is not None and value > trainer.state.best_map:
-            trainer.state.best_map = value
-            payload["best_map"] = value
-            if is_main_process():
-                save_checkpoint(self.out_dir / "best.pth", {
-                    "epoch": trainer.state.epoch, "model": payload["model"],
-                    "metrics": record, "config": payload["config"], "meta": payload["meta"],
-                })
-                logger.info("new best %s %.2f%% at epoch %d, saved %s", self.metric,
-                            100 * value, trainer.state.epoch, self.out_dir / "best.pth")
-        if is_main_process():
-            # verified, and the one it replaces kept as last.prev.pth
-            save_checkpoint(self.out_dir / "last.pth", payload, keep_previous=True)
-
-
 class IterationCallback(HookBase):
     """Calls ``fn(epoch, iteration)`` after every training step (tests interrupt runs)."""
 
     def __init__(self, fn: Callable[[int, int], None]) -> None:
         self.fn = fn
 
-    def after_step(self, trainer: Trainer, ctx: EpochContext, step: StepContext) -> None:
+    def after_step(self, ctx: EpochContext, step: StepContext) -> None:
         self.fn(ctx.epoch, step.iteration)
-
-
-class ReplicaCheck(HookBase):
-    """After every training step, check that every process holds bit-identical model
-    weights, BatchNorm statistics and memory (one SHA-256 checksum per process, gathered);
-    raises :class:`robustreid.distributed.DistributedError` otherwise. A debugging and test
-    aid: it costs one hash of the model per step. No-op with one process."""
-
-    def __init__(self) -> None:
-        self.checks = 0
-
-    def after_step(self, trainer: Trainer, ctx: EpochContext, step: StepContext) -> None:
-        assert ctx.memory is not None
-        tensors = [*trainer.model.state_dict().values(), ctx.memory.prototypes]
-        replicas_agree(tensors, f"model and memory after epoch {ctx.epoch} step "
-                                f"{step.iteration}")
-        self.checks += 1
 
 
 class MechanismDiagnostics(HookBase):
@@ -269,7 +197,7 @@ class MechanismDiagnostics(HookBase):
         self._seconds = 0.0
         self._active = False
 
-    def after_pseudo_labels(self, trainer: Trainer, ctx: EpochContext) -> None:
+    def after_pseudo_labels(self, ctx: EpochContext) -> None:
         self._seconds, self._active = 0.0, not ctx.labels.instance
         if not self._active:
             return
@@ -291,7 +219,7 @@ class MechanismDiagnostics(HookBase):
         return mean_angle_degrees(prototypes.detach().cpu()[keep],
                                   self._centres.cpu()[self._centre_rows[keep]])
 
-    def after_memory_init(self, trainer: Trainer, ctx: EpochContext) -> None:
+    def after_memory_init(self, ctx: EpochContext) -> None:
         if not self._active or ctx.memory is None:
             return
         start = time.perf_counter()
@@ -302,7 +230,7 @@ class MechanismDiagnostics(HookBase):
         ctx.record["mem_init_angle_mean"] = self._angle(means)
         self._seconds += time.perf_counter() - start
 
-    def after_step(self, trainer: Trainer, ctx: EpochContext, step: StepContext) -> None:
+    def after_step(self, ctx: EpochContext, step: StepContext) -> None:
         if not self._active:
             return
         start = time.perf_counter()
@@ -315,7 +243,7 @@ class MechanismDiagnostics(HookBase):
         self._mislabeled += int(wrong[used].sum())
         self._seconds += time.perf_counter() - start
 
-    def after_epoch_train(self, trainer: Trainer, ctx: EpochContext) -> None:
+    def after_epoch_train(self, ctx: EpochContext) -> None:
         if not self._active or ctx.memory is None:
             return
         start = time.perf_counter()
@@ -325,7 +253,7 @@ class MechanismDiagnostics(HookBase):
         ctx.record["upd_batch_mislabeled_fraction"] = self._batch_mislabeled / max(1, self._batch)
         self._seconds += time.perf_counter() - start
 
-    def after_epoch(self, trainer: Trainer, record: dict[str, Any]) -> None:
+    def after_epoch(self, record: dict[str, Any]) -> None:
         if self._active:
             record["time_diagnostics"] = self._seconds
         self._active = False

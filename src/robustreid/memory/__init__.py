@@ -1,6 +1,7 @@
 """Cluster memory: unit-norm cluster prototypes, the cluster-level contrastive loss and the
-explicit momentum update the trainer calls after each optimiser step."""
+explicit momentum update the trainer calls after each optimiser step; memories by name."""
 
 from robustreid.memory.cluster_memory import ClusterMemory, UpdateMode, cluster_means
+from robustreid.memory.registry import MEMORIES, register_memory
 
-__all__ = ["ClusterMemory", "UpdateMode", "cluster_means"]
+__all__ = ["MEMORIES", "ClusterMemory", "UpdateMode", "cluster_means", "register_memory"]

@@ -1,0 +1,85 @@
+"""The memory stage of an epoch: the prototypes' initialisation from the epoch's features.
+
+The parts are given (built from the configuration by :mod:`robustreid.build`): a memory
+factory, the prototype initialisation and update strategies and the SAA aggregator they may
+share. Instance warm-up epochs (one class per image) always use the plain mean: single-member
+classes have nothing to aggregate or rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustreid.clustering.labellers import EpochLabels
+from robustreid.distributed import is_main_process, run_on_main
+from robustreid.engine.state import epoch_seed
+from robustreid.memory.strategies import (
+    Aggregator,
+    MeanInit,
+    MeanUpdate,
+    MemoryUpdate,
+    PrototypeInit,
+)
+
+#: ``(num_features D, num_clusters C, update mode) -> memory`` (an ``nn.Module`` with
+#: ``prototypes`` (C, D), ``init_prototypes``, a loss ``forward(feats, targets)`` and
+#: ``update(feats, targets)``; see :class:`robustreid.memory.ClusterMemory`).
+MemoryFactory = Callable[[int, int, str], nn.Module]
+
+
+class MemoryStage:
+    """Builds each epoch's memory.
+
+    Args:
+        make_memory: the memory factory (:data:`MemoryFactory`).
+        init, update: the configured prototype initialisation and update strategies.
+        aggregator: the SAA holder that CSA/HPS share (trained here whenever a strategy
+            needs it, on rank 0, and handed to every process).
+        seed: the run's seed (SAA's training draws from ``(seed, epoch)``).
+        device: where the memory lives.
+    """
+
+    def __init__(self, make_memory: MemoryFactory, init: PrototypeInit, update: MemoryUpdate,
+                 aggregator: Aggregator, seed: int, device: torch.device) -> None:
+        self.make_memory, self.init, self.update = make_memory, init, update
+        self.aggregator, self.seed, self.device = aggregator, seed, device
+
+    def strategies(self, labels: EpochLabels) -> tuple[PrototypeInit, MemoryUpdate]:
+        """(init, update) for an epoch with ``labels``: the configured ones, or the mean in
+        an instance warm-up epoch."""
+        if labels.instance:
+            return MeanInit(), MeanUpdate()
+        return self.init, self.update
+
+    def __call__(self, features: torch.Tensor, labels: EpochLabels, epoch: int,
+                 record: dict[str, Any]) -> tuple[nn.Module, MemoryUpdate]:
+        """The epoch's memory, initialised from ``features`` (N, D) float32 and ``labels``,
+        and the update strategy to use with it; the strategies' statistics go into
+        ``record``."""
+        init, update = self.strategies(labels)
+        memory = self.make_memory(features.shape[1], labels.num_clusters,
+                                  update.memory_mode).to(self.device)
+        targets = torch.as_tensor(labels.labels)
+        needs_saa = init.needs_saa or update.needs_saa
+
+        def initial_prototypes() -> tuple[torch.Tensor, dict[str, Any], Any]:
+            stats: dict[str, Any] = {}
+            if needs_saa:
+                generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch - 1))
+                stats.update(self.aggregator.fit(features, targets, generator))
+            prototypes, init_stats = init(features, targets, labels.num_clusters)
+            stats.update(init_stats)
+            return prototypes, stats, self.aggregator.state_dict() if needs_saa else None
+
+        # SAA trained and the prototypes computed once (rank 0), handed to every process
+        prototypes, stats, saa_state = run_on_main(initial_prototypes, "memory initialisation")
+        if needs_saa and not is_main_process():
+            self.aggregator.load_state_dict(saa_state)
+        record.update(stats)
+        memory.init_prototypes(prototypes)
+        update.begin_epoch(features, targets)
+        return memory, update

@@ -1,0 +1,24 @@
+"""The memories a run can train against, by name (``memory.kind`` in the configuration).
+
+A memory class is constructed per epoch as ``cls(num_features, num_clusters, temperature=...,
+momentum=..., update=mode, **memory.options)`` and must provide ``prototypes`` (C, D),
+``init_prototypes(prototypes)``, a loss ``forward(feats (B, D), targets (B,)) -> scalar``
+and ``update(feats, targets) -> positions`` (see :class:`~robustreid.memory.ClusterMemory`).
+Add one with::
+
+    from robustreid.memory import register_memory
+
+    @register_memory("mymemory")
+    class MyMemory(ClusterMemory):
+        ...
+"""
+
+from __future__ import annotations
+
+from robustreid.memory.cluster_memory import ClusterMemory
+from robustreid.registry import Registry
+
+MEMORIES: Registry = Registry("memory")
+register_memory = MEMORIES.register
+
+register_memory("cluster")(ClusterMemory)
