@@ -95,12 +95,12 @@ def test_mechanism_diagnostics_on_a_planted_labelling():
     hook = MechanismDiagnostics(ids)
     record: dict = {}
     ctx = EpochContext(1, record, feats, EpochLabels.from_labels(labels))
-    hook.after_pseudo_labels(None, ctx)
+    hook.after_pseudo_labels(ctx)
     assert record["pl_clusters"] == 4 and record["pl_precision"] < 1.0
     memory = ClusterMemory(4, 4)
     memory.init_prototypes(torch.eye(4))  # exactly the identity centres
     ctx.memory = memory
-    hook.after_memory_init(None, ctx)
+    hook.after_memory_init(ctx)
     assert record["mem_init_angle"] == pytest.approx(0.0, abs=1e-3)
     # the mean of cluster 0 is (3, 1, 0, 0) / norm: atan(1/3) from identity 0's centre
     assert record["mem_init_angle_mean"] == pytest.approx(
@@ -108,10 +108,10 @@ def test_mechanism_diagnostics_on_a_planted_labelling():
     # a batch of images 0, 3, 6, 7 (clusters 0, 0, 2, 2); two of them update
     step = StepContext(1, torch.tensor([0, 3, 6, 7]), torch.tensor([0, 0, 2, 2]),
                        updated=torch.tensor([1, 2]), loss=1.0)
-    hook.after_step(None, ctx, step)
+    hook.after_step(ctx, step)
     memory.init_prototypes(torch.eye(4).roll(1, dims=1))  # every prototype off by 90 degrees
-    hook.after_epoch_train(None, ctx)
-    hook.after_epoch(None, record)
+    hook.after_epoch_train(ctx)
+    hook.after_epoch(record)
     assert record["upd_batch_mislabeled_fraction"] == pytest.approx(1 / 4)
     assert record["upd_mislabeled_fraction"] == pytest.approx(1 / 2)  # image 3 updated
     assert record["upd_count"] == 2

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import robustreid.cli as cli
+import robustreid.jobs as jobs
 from robustreid.cli import main
 from robustreid.data import Sample
 from robustreid.data.base import DatasetError, check_image_headers
@@ -247,6 +247,6 @@ def test_internal_errors_are_not_turned_into_user_errors(monkeypatch, synth_root
     def broken(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(cli, "train_config", broken)
+    monkeypatch.setattr(jobs, "train", broken)
     with pytest.raises(type(error)):  # the traceback reaches the user, exit status 1
         main(train_args(synth_root, tmp_path / "run"))

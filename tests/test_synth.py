@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 import robustreid.data.synth as synth
-from robustreid.cli import build_parser, synth_config_from_args
+from robustreid.cli import build_parser
+from robustreid.commands.synth import synth_config_from_args
 from robustreid.config import load_config
 from robustreid.data import build_dataset
 from robustreid.data.synth import (
