@@ -1,7 +1,7 @@
 """Pseudo-labellers: the "pseudo-label" stage of an epoch as small objects passed to the trainer.
 
 A labeller maps the epoch's features of the training split to :class:`EpochLabels`. Three
-are provided, composed by the trainer's wiring (``engine.trainer.labeller_from_config``):
+are provided, composed by the builder (``robustreid.build.build_labeller``):
 
 * :class:`ClusteringLabeller` - k-reciprocal Jaccard distance + DBSCAN (the method), or
   InfoMap on the kNN graph;
