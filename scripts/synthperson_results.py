@@ -41,8 +41,8 @@ import torch
 
 from robustreid.cli import evaluate_config, train_config
 from robustreid.config import load_config, save_config
-from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.io import atomic_write_text
+from robustreid.synth import SynthConfig, generate_synthperson
 from robustreid.utils import setup_logging
 from robustreid.viz.curves import read_metrics
 

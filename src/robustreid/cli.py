@@ -144,9 +144,9 @@ def _save_resolved_config(cfg: Config, path: Path) -> None:
 
 
 def synth_config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~robustreid.data.synth.SynthConfig` of parsed ``synth`` arguments: the
+    """The :class:`~robustreid.synth.SynthConfig` of parsed ``synth`` arguments: the
     preset's, with every given flag (and ``--set FIELD=VALUE``) replacing its field."""
-    from robustreid.data.synth import SynthConfig
+    from robustreid.synth import SynthConfig
 
     if args.preset == "market":
         base = SynthConfig.market(seed=args.seed)
@@ -179,7 +179,7 @@ def synth_config_from_args(args: argparse.Namespace) -> Any:
 
 def run_synth(args: argparse.Namespace) -> int:
     from robustreid.data import build_dataset
-    from robustreid.data.synth import generate_synthperson
+    from robustreid.synth import generate_synthperson
     from robustreid.utils import setup_logging
 
     setup_logging()
@@ -363,8 +363,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from robustreid.data.synth import SynthConfig, generate_synthperson
     from robustreid.distributed import launched_by_torchrun
+    from robustreid.synth import SynthConfig, generate_synthperson
     from robustreid.utils import setup_logging
 
     if launched_by_torchrun():
