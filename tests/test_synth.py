@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from robustreid.cli import build_parser, synth_config_from_args
+from robustreid.cli import build_parser
+from robustreid.commands.synth import config_from_args
 from robustreid.config import load_config
 from robustreid.data import build_dataset
 from robustreid.errors import UserError
@@ -407,17 +408,17 @@ def test_cli_preset_market_with_overrides() -> None:
                               "--images-per-camera", "2", "3", "--query-cameras", "3",
                               "--set", "person_occlusion_prob=0.3",
                               "--set", "lowres_cameras=1", "--workers", "1"])
-    assert synth_config_from_args(args) == SynthConfig.market(
+    assert config_from_args(args) == SynthConfig.market(
         seed=4, num_train_ids=100, camera_prob=0.6, images_per_camera=(2, 3),
         max_query_cameras=3, person_occlusion_prob=0.3, lowres_cameras=1, num_workers=1)
-    plain = synth_config_from_args(parser.parse_args(["synth", "--out", "x"]))
+    plain = config_from_args(parser.parse_args(["synth", "--out", "x"]))
     assert plain == SynthConfig()
-    market = synth_config_from_args(parser.parse_args(["synth", "--preset", "market",
-                                                       "--out", "x"]))
+    market = config_from_args(parser.parse_args(["synth", "--preset", "market",
+                                                 "--out", "x"]))
     assert market == SynthConfig.market()
     for bad in ("nope=1", "color_cast", "lowres_cameras=0.5", "seed=3"):
         with pytest.raises(ValueError):
-            synth_config_from_args(parser.parse_args(["synth", "--out", "x", "--set", bad]))
+            config_from_args(parser.parse_args(["synth", "--out", "x", "--set", bad]))
     with pytest.raises(SystemExit):
         parser.parse_args(["synth", "--preset", "duke", "--out", "x"])
 
