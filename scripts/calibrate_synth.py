@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.evaluation.handcrafted import (
     color_histogram_features,
     load_images,
@@ -31,6 +30,7 @@ from robustreid.evaluation.handcrafted import (
     raw_pixel_features,
 )
 from robustreid.evaluation.ranking import evaluate_ranking
+from robustreid.synth import SynthConfig, generate_synthperson
 
 _NAME = re.compile(r"^(-?\d+)_c(\d)")
 

@@ -40,9 +40,9 @@ from pathlib import Path
 import torch
 
 from robustreid.config import load_config, save_config
-from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.io import atomic_write_text
 from robustreid.jobs import evaluate, train
+from robustreid.synth import SynthConfig, generate_synthperson
 from robustreid.utils import setup_logging
 from robustreid.viz.curves import read_metrics
 

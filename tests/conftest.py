@@ -139,7 +139,7 @@ def _empty_torch_home(tmp_path_factory):
 def tiny_synth_root(tmp_path_factory):
     """A data root with a small SynthPerson set (12 training ids, 2-3 images per camera),
     written once per test session; tests must not change it (copy it first)."""
-    from robustreid.data.synth import SynthConfig, generate_synthperson
+    from robustreid.synth import SynthConfig, generate_synthperson
 
     root = tmp_path_factory.mktemp("tiny_synth")
     generate_synthperson(root / "synthperson",

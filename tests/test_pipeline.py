@@ -15,10 +15,10 @@ from PIL import Image
 from robustreid.cli import main
 from robustreid.data import Sample, build_dataset
 from robustreid.data.dataset import ImageDataset
-from robustreid.data.synth import SynthConfig, generate_synthperson
 from robustreid.data.transforms import build_test_transform, build_train_transform
 from robustreid.evaluation.evaluate import evaluate_features, pairwise_distance
 from robustreid.evaluation.features import extract_features
+from robustreid.synth import SynthConfig, generate_synthperson
 from robustreid.utils import resolve_device, setup_logging
 from tests.conftest import TINY_ARCH
 

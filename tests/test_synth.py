@@ -12,19 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import robustreid.data.synth as synth
 from robustreid.cli import build_parser
-from robustreid.commands.synth import synth_config_from_args
+from robustreid.commands.synth import config_from_args
 from robustreid.config import load_config
 from robustreid.data import build_dataset
-from robustreid.data.synth import (
-    VIEWS,
-    SynthConfig,
-    build_identities,
-    generate_synthperson,
-    make_cameras,
-    render_person,
-)
 from robustreid.errors import UserError
 from robustreid.evaluation.handcrafted import (
     color_histogram_features,
@@ -32,6 +23,16 @@ from robustreid.evaluation.handcrafted import (
     pairwise_euclidean,
     raw_pixel_features,
 )
+from robustreid.synth import (
+    VIEWS,
+    SynthConfig,
+    build_identities,
+    generate_synthperson,
+    make_cameras,
+    render_person,
+    writer,
+)
+from robustreid.synth.render import crop_error
 
 NAME = re.compile(r"^(\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
@@ -155,7 +156,7 @@ def test_existing_folder_handling(tmp_path: Path) -> None:
 
 def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = synth._run_jobs
+    real = writer._run_jobs
 
     def flaky(*args: object) -> int:
         calls["n"] += 1
@@ -163,7 +164,7 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
             raise KeyboardInterrupt
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(synth, "_run_jobs", flaky)
+    monkeypatch.setattr(writer, "_run_jobs", flaky)
     with pytest.raises(KeyboardInterrupt):
         generate_synthperson(tmp_path / "x", SynthConfig.small(), progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -250,7 +251,7 @@ def within(value: float, target: float, tol: float = 0.05) -> bool:
 def test_market_preset_plans_market_counts() -> None:
     cfg = SynthConfig.market()
     assert (cfg.num_cameras, cfg.height, cfg.width, cfg.seed) == (6, 128, 64, 0)
-    jobs, s = synth._plan(cfg, Path("unused"))  # plans only: nothing is rendered
+    jobs, s = writer._plan(cfg, Path("unused"))  # plans only: nothing is rendered
     assert (s["num_train_ids"], s["num_query_ids"], s["num_gallery_ids"]) == (751, 750, 750)
     # Market-1501: 12,936 train, 3,368 query, 15,913 gallery images (2,793 distractors)
     assert within(s["num_train_images"], 12936), s
@@ -304,15 +305,15 @@ def test_effects_off_keep_the_default_output(tmp_path: Path,
     assert make_cameras(cfg) == make_cameras(SynthConfig.small())
     assert all(c.resolution == 1.0 for c in make_cameras(SynthConfig()))
     # ... and the marker of a set without hard cases names none of their fields
-    assert not set(synth._EFFECT_FIELDS) & set(synth._config_dict(SynthConfig.small()))
-    assert "color_cast" in synth._config_dict(SynthConfig.small(color_cast=0.5))
+    assert not set(writer._EFFECT_FIELDS) & set(writer._config_dict(SynthConfig.small()))
+    assert "color_cast" in writer._config_dict(SynthConfig.small(color_cast=0.5))
 
 
 def test_person_occlusion_changes_exactly_the_occluded_images(
         tmp_path: Path, baseline: dict[str, bytes]) -> None:
     cfg = SynthConfig.small(person_occlusion_prob=0.5)
-    jobs, _ = synth._plan(cfg, Path("p"))
-    def key(job: synth._Job) -> str:
+    jobs, _ = writer._plan(cfg, Path("p"))
+    def key(job: writer._Job) -> str:
         return f"{Path(job.path).parent.name}/{Path(job.path).name}"
 
     occluded = {key(j) for j in jobs if j.occluder is not None}
@@ -330,7 +331,7 @@ def test_crop_errors_change_detections_not_queries(tmp_path: Path,
     assert not any(k.startswith("query/") for k in diff)  # hand-drawn boxes
     assert {k for k in files if k.startswith("bounding_box_train/")} <= diff
     # the box geometry: cut head, cut feet, slid sideways or padded
-    boxes = [synth._crop_error(np.random.default_rng(i), 1.0) for i in range(200)]
+    boxes = [crop_error(np.random.default_rng(i), 1.0) for i in range(200)]
     assert any(b0 > 0.02 for b0, _, _ in boxes) and any(b1 < 0.96 for _, b1, _ in boxes)
     assert any(b1 - b0 > 1.3 for b0, b1, _ in boxes) and any(abs(d) > 0.12 for *_, d in boxes)
     assert all(0.5 < b1 - b0 < 2.0 for b0, b1, _ in boxes)
@@ -407,17 +408,17 @@ def test_cli_preset_market_with_overrides() -> None:
                               "--images-per-camera", "2", "3", "--query-cameras", "3",
                               "--set", "person_occlusion_prob=0.3",
                               "--set", "lowres_cameras=1", "--workers", "1"])
-    assert synth_config_from_args(args) == SynthConfig.market(
+    assert config_from_args(args) == SynthConfig.market(
         seed=4, num_train_ids=100, camera_prob=0.6, images_per_camera=(2, 3),
         max_query_cameras=3, person_occlusion_prob=0.3, lowres_cameras=1, num_workers=1)
-    plain = synth_config_from_args(parser.parse_args(["synth", "--out", "x"]))
+    plain = config_from_args(parser.parse_args(["synth", "--out", "x"]))
     assert plain == SynthConfig()
-    market = synth_config_from_args(parser.parse_args(["synth", "--preset", "market",
-                                                       "--out", "x"]))
+    market = config_from_args(parser.parse_args(["synth", "--preset", "market",
+                                                 "--out", "x"]))
     assert market == SynthConfig.market()
     for bad in ("nope=1", "color_cast", "lowres_cameras=0.5", "seed=3"):
         with pytest.raises(ValueError):
-            synth_config_from_args(parser.parse_args(["synth", "--out", "x", "--set", bad]))
+            config_from_args(parser.parse_args(["synth", "--out", "x", "--set", bad]))
     with pytest.raises(SystemExit):
         parser.parse_args(["synth", "--preset", "duke", "--out", "x"])
 

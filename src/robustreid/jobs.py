@@ -148,8 +148,8 @@ def demo(cfg: Config, config_path: str) -> dict[str, Any]:
     """SynthPerson end to end: generate it under ``data.root`` if missing, train (replacing
     the previous demo run), print the result beside the supervised bound measured for
     ``config_path`` and draw the training curves; returns the last record."""
-    from robustreid.data.synth import SynthConfig, generate_synthperson
     from robustreid.distributed import launched_by_torchrun
+    from robustreid.synth import SynthConfig, generate_synthperson
     from robustreid.viz.curves import plot_training_curves
 
     if launched_by_torchrun():

@@ -1,13 +1,13 @@
-"""``robustreid synth``: write the SynthPerson data set (Market-1501 layout)."""
+"""``robustreid synth --out DIR``: write the SynthPerson data set (Market-1501 layout)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from robustreid.errors import UserError
+from robustreid.synth import PRESETS, SynthConfig
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -18,7 +18,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     synth.add_argument("--out", required=True, help="output folder (e.g. data/synthperson)")
     synth.add_argument(
-        "--preset", choices=("default", "market"), default="default",
+        "--preset", choices=PRESETS, default="default",
         help="'default' (~4,600 images, the demo set) or 'market' (Market-1501's counts "
         "and hard cases, ~32,000 images); the flags below override the preset's fields",
     )
@@ -42,19 +42,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "(repeatable)",
     )
     synth.add_argument("--force", action="store_true", help="replace an existing data set")
-
     return synth
 
 
-def synth_config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~robustreid.data.synth.SynthConfig` of parsed ``synth`` arguments: the
-    preset's, with every given flag (and ``--set FIELD=VALUE``) replacing its field."""
-    from robustreid.data.synth import SynthConfig
-
-    if args.preset == "market":
-        base = SynthConfig.market(seed=args.seed)
-    else:
-        base = SynthConfig(seed=args.seed)
+def config_from_args(args: argparse.Namespace) -> SynthConfig:
+    """The :class:`~robustreid.synth.SynthConfig` of parsed ``synth`` arguments: the
+    preset's, with every given flag (and ``--set FIELD=VALUE``) replacing its field
+    (:meth:`~robustreid.synth.SynthConfig.from_preset`; a bad ``--set`` is a ``UserError``)."""
     ipc = None if args.images_per_camera is None else tuple(args.images_per_camera)
     given: dict[str, Any] = {
         "num_train_ids": args.train_ids, "num_test_ids": args.test_ids,
@@ -64,29 +58,18 @@ def synth_config_from_args(args: argparse.Namespace) -> Any:
         "max_query_cameras": args.query_cameras,
     }
     changes = {k: v for k, v in given.items() if v is not None}
-    fields = {f.name: f for f in dataclasses.fields(SynthConfig)}
-    for item in args.synth_set:
-        name, sep, text = item.partition("=")
-        name = name.strip()
-        if not sep or name not in fields or name in ("seed", "images_per_camera"):
-            known = ", ".join(n for n in fields if n not in ("seed", "images_per_camera"))
-            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {known} "
-                             "(use --seed and --images-per-camera for those)")
-        kind = type(getattr(base, name))  # int or float
-        try:
-            changes[name] = kind(text)
-        except ValueError:
-            raise UserError(f"--set {item!r}: {name} takes a {kind.__name__}") from None
-    return dataclasses.replace(base, **changes)
+    return SynthConfig.from_preset(args.preset, args.seed, args.synth_set, **changes)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write the set to ``--out`` and print its summary; exit status 0. A non-empty ``--out``
+    without ``--force`` is a ``UserError``."""
     from robustreid.data import build_dataset
-    from robustreid.data.synth import generate_synthperson
+    from robustreid.synth import generate_synthperson
     from robustreid.utils import setup_logging
 
     setup_logging()
-    config = synth_config_from_args(args)
+    config = config_from_args(args)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UserError(f"{out} exists and is not empty; pass --force to replace it")
