@@ -1,5 +1,6 @@
-"""``robustreid embed`` and :mod:`robustreid.inference.embed`: collecting inputs, embedding to
-an .npz, skipping bad files, resuming an interrupted run, and the command line."""
+"""``robustreid embed``, :mod:`robustreid.inference.collect` and
+:mod:`robustreid.inference.embed`: collecting inputs, embedding to an .npz, skipping bad files,
+resuming an interrupted run, and the command line."""
 
 from __future__ import annotations
 
@@ -12,20 +13,20 @@ import pytest
 from PIL import Image
 
 from robustreid.cli import main
+from robustreid.data import build_dataset
 from robustreid.data.base import DatasetError
 from robustreid.errors import UserError
+from robustreid.inference.chunks import partial_dir
+from robustreid.inference.collect import collect_images
 from robustreid.inference.embed import (
-    EmbeddingsFileError,
     SkippedFile,
     SkippedImagesWarning,
-    collect_images,
     embed_images,
     format_skipped,
     load_embeddings,
-    parse_pid_camid,
-    partial_dir,
 )
-from robustreid.inference.extractor import FeatureExtractor, load
+from robustreid.inference.embeddings_file import EmbeddingsFileError, parse_pid_camid
+from robustreid.inference.extractor import FeatureExtractor, expand_inputs, load
 from tests.conftest import write_market_images, write_tiny_checkpoint
 
 
@@ -53,12 +54,14 @@ def count_embedded(extractor: FeatureExtractor) -> list[int]:
 
 
 def write_bad_files(folder: Path) -> tuple[Path, Path]:
-    """A truncated JPEG and a text file in ``folder``."""
+    """A truncated JPEG and a text file named as an image in ``folder`` (returned), and a
+    ``readme.txt``, which collecting a folder leaves out (not an image suffix)."""
     good = next(folder.glob("*.jpg")).read_bytes()
     corrupt = folder / "broken.jpg"
     corrupt.write_bytes(good[: len(good) // 2])
-    text = folder / "notes.txt"
+    text = folder / "notes.jpg"
     text.write_text("not an image\n")
+    (folder / "readme.txt").write_text("not an image either\n")
     return corrupt, text
 
 
@@ -79,7 +82,7 @@ def test_collect_folder_is_recursive_sorted_and_skips_hidden(market_images: Path
 
     assert paths == sorted(paths)
     assert len([p for p in paths if p.suffix == ".jpg"]) == 14
-    assert market_images / "notes.txt" in paths  # kept, so that embedding reports it
+    assert market_images / "notes.txt" not in paths  # not an image suffix: left out
     assert all(".cache" not in p.parts and p.name != ".DS_Store" for p in paths)
     assert [p.parent.name for p in paths].count("sub") == 2
 
@@ -132,6 +135,43 @@ def test_collect_errors_name_the_input(tmp_path: Path) -> None:
         collect_images([3])  # type: ignore[list-item]
 
 
+def test_embed_search_extractor_and_images_data_collect_the_same_files(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One collector: a folder with a nested folder, mixed-case suffixes, non-image files and
+    hidden files gives the same images to ``embed``, ``search --gallery``, the extractor
+    and the ``images`` data set."""
+    root = tmp_path / "crops"
+    images = [root / "a.JPG", root / "cam2" / "b.png", root / "cam2" / "day1" / "c.Jpeg",
+              root / "cam2" / "d.webp"]
+    for value, path in enumerate(images):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 48), (40 * value, 200 - 40 * value, 90)).save(path)
+    (root / "notes.txt").write_text("not an image")
+    (root / "cam2" / "Thumbs.db").write_bytes(b"\0" * 16)
+    (root / "cam2" / ".hidden.jpg").write_bytes(b"\0")
+    expected = sorted(images)
+
+    assert collect_images(root) == expected
+    assert expand_inputs(root) == expected
+    assert [Path(s.path) for s in build_dataset("images", root).train] == expected
+
+    out = tmp_path / "features.npz"
+    assert main(["embed", "--checkpoint", str(tiny_checkpoint), "--device", "cpu",
+                 "--out", str(out), str(root)]) == 0
+    assert "embedded 4 images, D=32, 0 skipped" in capsys.readouterr().out
+    data = load_embeddings(out)
+    assert data["paths"] == [str(p) for p in expected]
+    extractor = load(tiny_checkpoint, device="cpu")
+    np.testing.assert_allclose(data["features"], extractor(root).numpy(), atol=1e-5)
+
+    search_out = tmp_path / "search"
+    assert main(["search", "--device", "cpu", "--checkpoint", str(tiny_checkpoint),
+                 "--query", str(images[0]), "--gallery", str(root), "--topk", "2",
+                 "--out", str(search_out)]) == 0
+    assert json.loads((search_out / "results.json").read_text())["num_gallery"] == 4
+
+
 def test_parse_pid_camid() -> None:
     assert parse_pid_camid("data/0002_c1s1_000451_03.jpg") == (2, 0)
     assert parse_pid_camid(Path("1501_c6s4_001877_00.jpg")) == (1501, 5)
@@ -178,7 +218,7 @@ def test_bad_files_are_skipped_with_one_warning_or_raise_in_strict_mode(
 ) -> None:
     corrupt, text = write_bad_files(market_images)
     paths = collect_images(market_images)
-    assert corrupt in paths and text in paths
+    assert corrupt in paths and text in paths and market_images / "readme.txt" not in paths
     out = tmp_path / "features.npz"
 
     with pytest.warns(SkippedImagesWarning) as record:
@@ -254,7 +294,7 @@ def test_damaged_chunk_is_recomputed(
         embed_images(extractor, paths, out, chunk_size=4, on_chunk=interrupt)
     (partial_dir(out) / "chunk_00001.npz").write_bytes(b"garbage")
     counter = count_embedded(extractor)
-    with caplog.at_level(logging.WARNING, logger="robustreid.inference.embed"):
+    with caplog.at_level(logging.WARNING, logger="robustreid.inference.chunks"):
         result = embed_images(extractor, paths, out, chunk_size=4)
     assert counter[0] == 8 and result.loaded_chunks == 1
     assert "chunk_00001.npz: cannot be resumed" in caplog.text

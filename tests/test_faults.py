@@ -207,9 +207,9 @@ def test_embed_checks_the_output_folder_before_embedding(
 # ----------------------------------------------------------------------- odd input paths
 def test_odd_input_paths_are_user_errors(tmp_path: Path) -> None:
     """Paths the system refuses raised RuntimeError (an unknown ~user) or OSError (a name
-    longer than the file system allows) in collect_images (embed) and expand_inputs
-    (search --query)."""
-    from robustreid.inference.embed import collect_images
+    longer than the file system allows) in collect_images (embed, search) and expand_inputs
+    (the extractor)."""
+    from robustreid.inference.collect import collect_images
     from robustreid.inference.extractor import expand_inputs
 
     too_long = str(tmp_path / ("n" * 300))

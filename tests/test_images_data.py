@@ -17,8 +17,8 @@ from robustreid.data import (
     build_dataset,
     list_images,
 )
-from robustreid.inference.embed import collect_images
-from robustreid.inference.extractor import list_images as extractor_list_images
+from robustreid.inference import list_images as inference_list_images
+from robustreid.inference.collect import collect_images
 
 
 def touch(path: Path) -> Path:
@@ -48,13 +48,13 @@ def test_list_images_recursive_sorted_suffixes_hidden_and_links(tmp_path):
     assert listed == expected
     assert all(isinstance(p, Path) for p in listed)
     # the other public names are the same lister
-    assert extractor_list_images(root) == expected
+    assert inference_list_images(root) == expected
     assert list_images(root, (".png",)) == [root / "b/c/d.png"]
     assert list_images(root, recursive=False) == [root / "a.JPG", root / "b0.bmp",
                                                   root / "link.jpg"]
-    # suffixes=None: every (non-hidden) file, as embed wants for reporting non-images
+    # suffixes=None: every (non-hidden) file; the commands' collector lists images only
     assert root / "notes.txt" in list_images(root, None)
-    assert root / "notes.txt" in collect_images(root)
+    assert collect_images(root) == expected
 
 
 def test_list_images_missing_folder(tmp_path):

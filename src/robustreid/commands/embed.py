@@ -4,7 +4,8 @@
         data/query 'data/extra/*.jpg' more_images.txt
 
 An interrupted run (Ctrl-C, kill) keeps its finished chunks in ``features.npz.partial/``;
-running the same command again resumes it. See :mod:`robustreid.inference.embed`.
+running the same command again resumes it. See :mod:`robustreid.inference.embed` (and
+:mod:`robustreid.inference.collect` for the rules that turn inputs into image files).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT",
-        help="a folder (every file under it), a glob pattern in quotes ('data/query/*.jpg') "
-        "or a list file (.txt, one path per line, relative to the list file's folder)",
+        help="a folder (its images, searched recursively), an image, a glob pattern in quotes "
+        "('data/query/*.jpg') or a list file (.txt, one path per line, relative to the list "
+        "file's folder)",
     )
     parser.add_argument("--checkpoint", required=True, help="trained checkpoint (best.pth)")
     parser.add_argument("--out", required=True, help="output file (.npz)")
@@ -59,12 +61,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Embed ``args.inputs``; print a one-line summary. Returns the exit status."""
-    from robustreid.inference.embed import (
-        SkippedImagesWarning,
-        collect_images,
-        embed_images,
-        partial_dir,
-    )
+    from robustreid.inference.chunks import partial_dir
+    from robustreid.inference.collect import collect_images
+    from robustreid.inference.embed import SkippedImagesWarning, embed_images
     from robustreid.inference.extractor import load
     from robustreid.io import ensure_writable_dir
 

@@ -39,7 +39,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", required=True, help="trained checkpoint (best.pth)")
     parser.add_argument("--query", required=True, nargs="+", metavar="Q",
-                        help="query images and/or folders of images")
+                        help="query images, folders of images (searched recursively), glob "
+                        "patterns in quotes or list files (.txt, one path per line)")
     parser.add_argument("--gallery", required=True, metavar="G",
                         help="folder of gallery images, or an embeddings .npz with 'paths'")
     parser.add_argument("--topk", type=int, default=10,
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the search; returns 0 (errors are raised as UserError)."""
     import numpy as np
 
-    from robustreid.inference.extractor import expand_inputs, list_images, load
+    from robustreid.inference.collect import collect_images
+    from robustreid.inference.extractor import load
     from robustreid.inference.search import build_records, load_gallery, parse_ids, search
     from robustreid.io import atomic_write_text, ensure_writable_dir
     from robustreid.viz.ranked_list import draw_ranked_list, write_html
@@ -81,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
     embeddings = load_gallery(gallery) if gallery.is_file() else None
     if not Path(args.checkpoint).is_file():
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
-    query_paths = [Path(p) for p in expand_inputs(list(args.query))]
-    if not query_paths:
-        raise UserError(f"--query {' '.join(args.query)}: no images found")
+    query_paths = collect_images(args.query)
     out = ensure_writable_dir(args.out, "--out")  # before the embedding work, not after
     extractor = load(args.checkpoint, device=args.device, flip=args.flip,
                      batch_size=args.batch_size)
@@ -105,9 +105,7 @@ def run(args: argparse.Namespace) -> int:
         gallery_features = embeddings.features
         gallery_pids, gallery_camids = embeddings.pids, embeddings.camids
     else:
-        gallery_paths = [str(p) for p in list_images(gallery)]
-        if not gallery_paths:
-            raise UserError(f"--gallery {gallery}: the folder holds no images")
+        gallery_paths = [str(p) for p in collect_images(gallery)]
         gallery_features = extractor(gallery_paths, progress=progress).numpy()
         gallery_pids, gallery_camids = parse_ids(gallery_paths)
     result = search(query_features, gallery_features, k=args.topk, rerank=args.rerank)

@@ -4,10 +4,11 @@ The search function itself is ``robustreid.inference.search.search`` (not re-exp
 where its name would hide the module).
 """
 
+from robustreid.data.base import IMAGE_SUFFIXES, list_images
+from robustreid.inference.collect import collect_images
 from robustreid.inference.embed import (
     EmbedResult,
     SkippedImagesWarning,
-    collect_images,
     embed_images,
     load_embeddings,
 )
@@ -17,12 +18,10 @@ from robustreid.inference.embeddings_file import (
     read_embeddings,
 )
 from robustreid.inference.extractor import (
-    IMAGE_SUFFIXES,
     FeatureExtractor,
     Preprocess,
     checkpoint_meta,
     expand_inputs,
-    list_images,
     load,
 )
 from robustreid.inference.search import (

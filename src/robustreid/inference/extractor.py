@@ -24,11 +24,11 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from robustreid.data.base import IMAGE_SUFFIXES, list_images, read_image, to_rgb
+from robustreid.data.base import read_image, to_rgb
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
-from robustreid.errors import UserError
 from robustreid.evaluation.features import embed_batch
+from robustreid.inference.collect import collect_images
 from robustreid.utils import resolve_device
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -37,33 +37,22 @@ ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 def expand_inputs(inputs: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """Flatten ``inputs`` into a list of single images.
 
-    A path to a folder becomes its images (:func:`robustreid.data.base.list_images`:
-    recursive, sorted, hidden names skipped); a 4-D array or tensor
-    (a batch) becomes its items; lists and tuples are expanded element by element.
+    Each path is collected on its own by
+    :func:`~robustreid.inference.collect.collect_images`, the rules every command shares: a
+    folder becomes its images (recursive, sorted, hidden names skipped), a ``.txt`` list file
+    the paths it names, a glob pattern its matches, a file itself (a path given twice stays
+    twice: one row per input). A 4-D array or tensor (a batch) becomes its items; lists and
+    tuples are expanded element by element.
 
     Raises:
-        UserError: a path that does not exist, or a folder without images.
+        UserError: a path that does not exist, a folder without images, a glob that matches
+            nothing, or a bad list file.
         TypeError: an input of another kind.
     """
     out: list[ImageInput] = []
     for item in _iter_inputs(inputs):
         if isinstance(item, str | Path):
-            path = Path(item)
-            try:
-                is_dir = path.is_dir()
-                is_file = not is_dir and path.is_file()
-                images = list_images(path) if is_dir else []
-            except OSError as err:  # a name too long, a folder that cannot be listed, ...
-                raise UserError(f"cannot read {str(path)[:200]!r}: {err.strerror or err}") from err
-            if is_dir:
-                if not images:
-                    raise UserError(f"folder {path} holds no images "
-                                    f"({', '.join(IMAGE_SUFFIXES)}, searched recursively)")
-                out.extend(images)
-            elif is_file:
-                out.append(path)
-            else:
-                raise UserError(f"no such image file or folder: {path}")
+            out.extend(collect_images(item))
         elif isinstance(item, np.ndarray | torch.Tensor) and item.ndim == 4:
             out.extend(item)
         else:
