@@ -316,7 +316,7 @@ def test_torchrun_cli_resumes_a_run_on_two_processes(tiny_data, tmp_path):
     assert main(["train", *args, "train.epochs=1"]) == 0
     assert load_checkpoint(out / "last.pth")["epoch"] == 1
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(rd.__file__).parents[1]),
+           "PYTHONPATH": os.pathsep.join([str(Path(rd.__file__).parents[2]),
                                           os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", "-m", "robustreid", "train", *args,
