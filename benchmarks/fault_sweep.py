@@ -28,8 +28,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from robustreid.checkpoint import load_checkpoint  # noqa: E402
 from robustreid.data.synth import SynthConfig, generate_synthperson  # noqa: E402
-from robustreid.engine.checkpoint import load_checkpoint  # noqa: E402
 from tests.test_fault_injection import FAULT_RUN, tiny_run_args  # noqa: E402
 
 # how often each point is reached in the 5-epoch tiny run (3 steps an epoch)

@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from robustreid import distributed as rd
+from robustreid.checkpoint import load_checkpoint
 from robustreid.data import build_dataset
-from robustreid.engine.checkpoint import load_checkpoint
 from robustreid.engine.hooks import HookBase, ReplicaCheck
 from robustreid.errors import RunInterrupted
 from tests.conftest import Kill, make_trainer, tiny_config

@@ -13,8 +13,8 @@ import torch
 
 import robustreid
 import robustreid.engine.trainer as trainer_module
+from robustreid.checkpoint import CheckpointError, load_checkpoint
 from robustreid.clustering.labellers import EpochLabels, InstanceWarmup
-from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.engine.hooks import HookBase
 from robustreid.errors import RunInterrupted, TrainingDiverged, UserError
 from robustreid.evaluation.features import extract_features

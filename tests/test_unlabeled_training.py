@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
+from robustreid.checkpoint import load_checkpoint
 from robustreid.cli import main
 from robustreid.data import UNKNOWN_PID, build_configured_data, parse_market_name
 from robustreid.data.synth import SynthConfig, generate_synthperson
-from robustreid.engine.checkpoint import load_checkpoint
 from robustreid.viz.curves import plot_training_curves
 from tests.conftest import TINY_ARCH
 

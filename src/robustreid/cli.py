@@ -255,7 +255,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cfg = _load(args)
     state_dict = None
     if args.checkpoint:
-        from robustreid.engine.checkpoint import load_checkpoint
+        from robustreid.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint)
         cfg = _with_checkpoint_model(cfg, ckpt, args.checkpoint)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from robustreid.checkpoint import save_checkpoint
 from robustreid.clustering.labellers import EpochLabels
 from robustreid.clustering.quality import (
     identity_centres,
@@ -40,7 +41,6 @@ from robustreid.clustering.quality import (
     pseudo_label_quality,
 )
 from robustreid.distributed import is_main_process, replicas_agree
-from robustreid.engine.checkpoint import save_checkpoint
 from robustreid.io import atomic_write_text
 from robustreid.memory import ClusterMemory, cluster_means
 
@@ -254,7 +254,7 @@ class MechanismDiagnostics(HookBase):
     The identities are only read here, never trained on. Per epoch (not in instance warm-up
     epochs) it adds to the record: the pseudo-label quality (``pl_*``, see
     :func:`robustreid.clustering.quality.pseudo_label_quality`) and the memory diagnostics of
-    :data:`robustreid.engine.metrics.MEMORY_DIAGNOSTICS`. Identity centres are the
+    :data:`robustreid.metric_names.MEMORY_DIAGNOSTICS`. Identity centres are the
     normalised means of each identity's features in the epoch's extraction; a cluster's
     majority identity is its most frequent true identity. Its own cost is
     ``time_diagnostics`` (seconds).

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from robustreid.checkpoint import model_meta
 from robustreid.clustering.labellers import (
     ClusteringLabeller,
     EpochLabels,
@@ -56,7 +57,6 @@ from robustreid.distributed import (
     run_on_main,
     wrap_model,
 )
-from robustreid.engine.checkpoint import model_meta
 from robustreid.engine.hooks import (
     CheckpointHook,
     EpochContext,
