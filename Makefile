@@ -29,6 +29,7 @@ demo: install weights
 
 test: install-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: install-test

@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from robustreid.engine.checkpoint import load_checkpoint  # noqa: E402
+from robustreid.checkpoint import load_checkpoint  # noqa: E402
 from robustreid.synth import SynthConfig, generate_synthperson  # noqa: E402
 from tests.test_fault_injection import FAULT_RUN, tiny_run_args  # noqa: E402
 

@@ -34,13 +34,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from robustreid.build import build_aggregator
+from robustreid.checkpoint import load_checkpoint
 from robustreid.clustering import pseudo_labels
 from robustreid.clustering.quality import majority_identities
 from robustreid.config import load_config
 from robustreid.data import build_dataset
 from robustreid.data.decoded import BatchAugment, DecodedImages
 from robustreid.data.sampler import PseudoIdentitySampler
-from robustreid.engine.checkpoint import load_checkpoint
 from robustreid.evaluation.features import embed_decoded
 from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, pack_clusters, select_hard_positive_indices

@@ -301,7 +301,7 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
     replace_block(md_path, marker, [*lines, ""])
 
 
-#: Diagnostics summarised per run (mean over its trained epochs), see engine/metrics.py.
+#: Diagnostics summarised per run (mean over its trained epochs), see robustreid/metric_names.py.
 DIAGNOSTICS = ("pl_fscore", "pl_ari", "pl_clusters", "mem_init_angle", "mem_init_angle_mean",
                "mem_end_angle", "upd_mislabeled_fraction", "upd_batch_mislabeled_fraction",
                "hps_accepted_fraction", "hps_fallback_fraction", "saa_initial_loss",

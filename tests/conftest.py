@@ -49,9 +49,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from robustreid.checkpoint import model_meta, save_checkpoint  # noqa: E402
 from robustreid.config import Config, config_to_dict  # noqa: E402
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from robustreid.engine.checkpoint import model_meta, save_checkpoint  # noqa: E402
 from robustreid.models import build_model  # noqa: E402
 
 TINY_HEIGHT, TINY_WIDTH = 32, 16

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 import robustreid
+from robustreid.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+from robustreid.checkpoint import save_checkpoint as save
 from robustreid.data.base import DatasetError
-from robustreid.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
-from robustreid.engine.checkpoint import save_checkpoint as save
 from robustreid.errors import UserError
 from robustreid.inference import FeatureExtractor, expand_inputs, list_images
 from tests.conftest import TINY_ARCH, TINY_HEIGHT, TINY_WIDTH

@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from robustreid import distributed as rd
+from robustreid.checkpoint import load_checkpoint
 from robustreid.data import build_dataset
-from robustreid.engine.checkpoint import load_checkpoint
 from robustreid.engine.hooks import HookBase
 from robustreid.errors import RunInterrupted
 from tests.conftest import Kill, make_trainer, tiny_config
@@ -323,7 +323,7 @@ def test_torchrun_cli_resumes_a_run_on_two_processes(tiny_data, tmp_path):
     assert main(["train", *args, "train.epochs=1"]) == 0
     assert load_checkpoint(out / "last.pth")["epoch"] == 1
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(rd.__file__).parents[1]),
+           "PYTHONPATH": os.pathsep.join([str(Path(rd.__file__).parents[2]),
                                           os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", "-m", "robustreid", "train", *args,

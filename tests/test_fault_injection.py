@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustreid.engine.checkpoint import load_checkpoint
+from robustreid.checkpoint import load_checkpoint
 from tests.conftest import tiny_train_args
 from tests.fault_run import SIGNALS, run_with_fault
 

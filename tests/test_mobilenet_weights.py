@@ -368,9 +368,9 @@ def test_torchvision_checkpoint_loads_without_warnings(
 def test_onnx_export_matches_pytorch(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
+    from robustreid.checkpoint import model_meta, save_checkpoint
     from robustreid.config import Config, config_to_dict
     from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from robustreid.engine.checkpoint import model_meta, save_checkpoint
     from robustreid.inference import FeatureExtractor
     from robustreid.inference.export import export_onnx, read_export_metadata
 

@@ -23,7 +23,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from robustreid.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from robustreid.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from robustreid.inference.embed import EmbedResult, _write_final, load_embeddings
 from robustreid.inference.embeddings_file import ARRAY_KEYS, Embeddings, EmbeddingsFileError
 from robustreid.inference.search import load_gallery

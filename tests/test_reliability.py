@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 import robustreid.jobs as jobs
+from robustreid.checkpoint import load_checkpoint
 from robustreid.cli import main
 from robustreid.data import Sample
 from robustreid.data.base import DatasetError, check_image_headers
 from robustreid.data.decoded import DecodedImages
-from robustreid.engine.checkpoint import load_checkpoint
 from tests.conftest import tiny_train_args
 
 

@@ -13,9 +13,9 @@ import torch
 
 import robustreid
 import robustreid.build as build_module
+from robustreid.checkpoint import CheckpointError, load_checkpoint
 from robustreid.clustering.labellers import EpochLabels, InstanceWarmup
 from robustreid.data.transforms import build_test_transform
-from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.engine.hooks import HookBase
 from robustreid.errors import RunInterrupted, TrainingDiverged, UserError
 from robustreid.evaluation.features import extract_features

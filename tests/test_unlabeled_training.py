@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from robustreid.build import build_data
+from robustreid.checkpoint import load_checkpoint
 from robustreid.cli import main
 from robustreid.data import UNKNOWN_PID, parse_market_name
-from robustreid.engine.checkpoint import load_checkpoint
 from robustreid.synth import SynthConfig, generate_synthperson
 from robustreid.viz.curves import plot_training_curves
 from tests.conftest import TINY_ARCH

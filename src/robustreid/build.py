@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustreid.checkpoint import model_meta
 from robustreid.clustering.labellers import (
     ClusteringLabeller,
     InstanceWarmup,
@@ -36,7 +37,6 @@ from robustreid.data.base import (
 from robustreid.data.decoded import BatchAugment
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from robustreid.distributed import get_rank, get_world_size, is_initialized, wrap_model
-from robustreid.engine.checkpoint import model_meta
 from robustreid.engine.checkpointer import Checkpointer
 from robustreid.engine.extraction import Evaluator, Extractor, SplitImages
 from robustreid.engine.hooks import (

@@ -39,7 +39,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from robustreid.errors import UserError
+from robustreid.errors import ConfigError
 from robustreid.io import atomic_write_text
 
 __all__ = [
@@ -273,20 +273,6 @@ class Config:
 # --------------------------------------------------------------------------------------------
 # Errors and provenance
 # --------------------------------------------------------------------------------------------
-
-
-class ConfigError(UserError):
-    """An invalid configuration file, override or value.
-
-    Attributes:
-        key: the full dotted key concerned, or None when the problem is not about one key.
-        source: the file the value came from, ``"command line"``, or None.
-    """
-
-    def __init__(self, message: str, key: str | None = None, source: str | None = None):
-        super().__init__(message)
-        self.key = key
-        self.source = source
 
 
 class _Index(int):

@@ -12,11 +12,25 @@ It derives from :class:`ValueError` so that code written against the older error
 
 from __future__ import annotations
 
-__all__ = ["RunInterrupted", "TrainingDiverged", "UnknownNameError", "UserError"]
+__all__ = ["ConfigError", "RunInterrupted", "TrainingDiverged", "UnknownNameError", "UserError"]
 
 
 class UserError(ValueError):
     """Bad user input; the message names the key, file or value and what was expected."""
+
+
+class ConfigError(UserError):
+    """An invalid configuration file, override or value.
+
+    Attributes:
+        key: the full dotted key concerned, or None when the problem is not about one key.
+        source: the file the value came from, ``"command line"``, or None.
+    """
+
+    def __init__(self, message: str, key: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.source = source
 
 
 class UnknownNameError(UserError, KeyError):

@@ -10,10 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-#: Keys of :func:`pseudo_label_quality`'s result, in display order.
-QUALITY_KEYS = ("pl_clusters", "pl_identities", "pl_outlier_fraction", "pl_precision",
-                "pl_recall", "pl_fscore", "pl_ari", "pl_nmi")
-
 
 def _pairs(counts: np.ndarray) -> float:
     """Number of unordered pairs within groups of the given sizes."""
@@ -40,7 +36,8 @@ def pseudo_label_quality(labels: np.ndarray, identities: np.ndarray) -> dict[str
         identity, the fraction that share a cluster; outliers share none), ``pl_fscore``
         (their harmonic mean), and ``pl_ari`` / ``pl_nmi`` (adjusted Rand index,
         normalised mutual information with the arithmetic mean of the entropies) with every
-        outlier its own singleton cluster. Undefined ratios (no pairs) are 0.
+        outlier its own singleton cluster. Undefined ratios (no pairs) are 0. The keys, in
+        display order, are :data:`robustreid.metric_names.QUALITY_KEYS`.
     """
     labels = np.asarray(labels, dtype=np.int64)
     identities = np.asarray(identities, dtype=np.int64)

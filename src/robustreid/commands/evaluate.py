@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Evaluate and write ``output_dir/eval_<features>.json`` (and the resolved config)
     beside a run's files, never over them; exit status 0."""
-    from robustreid.engine.checkpoint import load_checkpoint
+    from robustreid.checkpoint import load_checkpoint
     from robustreid.io import atomic_write_text, ensure_writable_dir
     from robustreid.jobs import evaluate, save_resolved_config, with_checkpoint_model
     from robustreid.utils import setup_logging

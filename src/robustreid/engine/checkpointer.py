@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustreid.checkpoint import save_checkpoint
 from robustreid.distributed import (
     all_gather_object,
     get_rank,
@@ -23,7 +24,6 @@ from robustreid.distributed import (
     is_initialized,
     is_main_process,
 )
-from robustreid.engine.checkpoint import save_checkpoint
 from robustreid.engine.state import TrainState, rng_state, set_rng_state
 from robustreid.memory.strategies import Aggregator
 
@@ -40,7 +40,7 @@ class Checkpointer:
         aggregator: the SAA holder of CSA/HPS (its weights, None before first use).
         update: the memory update strategy (saved when it is an ``nn.Module``).
         config: the run's configuration as a plain dict (saved in both files).
-        meta: the saved model's self-description (:func:`~robustreid.engine.checkpoint.model_meta`).
+        meta: the saved model's self-description (:func:`~robustreid.checkpoint.model_meta`).
         device: the process's device (its CUDA generator is saved under a process group).
         metric: the record key ``best.pth`` follows (higher is better).
     """

@@ -182,7 +182,7 @@ class MechanismDiagnostics(HookBase):
     The identities are only read here, never trained on. Per epoch (not in instance warm-up
     epochs) it adds to the record: the pseudo-label quality (``pl_*``, see
     :func:`robustreid.clustering.quality.pseudo_label_quality`) and the memory diagnostics of
-    :data:`robustreid.engine.metrics.MEMORY_DIAGNOSTICS`. Identity centres are the
+    :data:`robustreid.metric_names.MEMORY_DIAGNOSTICS`. Identity centres are the
     normalised means of each identity's features in the epoch's extraction; a cluster's
     majority identity is its most frequent true identity. Its own cost is
     ``time_diagnostics`` (seconds).

@@ -29,13 +29,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from robustreid.config import ConfigError
-from robustreid.engine.checkpoint import (
+from robustreid.checkpoint import (
     CheckpointError,
     load_checkpoint,
     previous_checkpoint_path,
 )
-from robustreid.errors import UserError
+from robustreid.errors import ConfigError, UserError
 from robustreid.io import ensure_writable_dir
 
 logger = logging.getLogger(__name__)

@@ -46,7 +46,6 @@ import torch
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from robustreid import __version__
 from robustreid.data.base import DatasetError
 from robustreid.errors import UserError
 from robustreid.inference.chunks import (
@@ -68,6 +67,7 @@ from robustreid.inference.embeddings_file import (
 )
 from robustreid.inference.extractor import FeatureExtractor
 from robustreid.io import atomic_write, ensure_writable_dir
+from robustreid.version import __version__
 
 __all__ = [
     "EmbedResult",

@@ -49,11 +49,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustreid import __version__
 from robustreid.errors import UserError
 from robustreid.evaluation.features import embed_batch
 from robustreid.inference.extractor import FeatureExtractor
 from robustreid.io import atomic_write
+from robustreid.version import __version__
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"

@@ -24,9 +24,9 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from robustreid.checkpoint import CheckpointError, load_checkpoint
 from robustreid.data.base import read_image, to_rgb
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
-from robustreid.engine.checkpoint import CheckpointError, load_checkpoint
 from robustreid.evaluation.features import embed_batch
 from robustreid.inference.collect import collect_images
 from robustreid.utils import resolve_device

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from robustreid.engine.checkpoint import TORCH_LOAD_ERRORS
+from robustreid.checkpoint import TORCH_LOAD_ERRORS
 from robustreid.errors import UserError
 from robustreid.io import atomic_write
 from robustreid.models.weights import (

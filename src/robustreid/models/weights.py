@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from robustreid.engine.checkpoint import TORCH_LOAD_ERRORS
+from robustreid.checkpoint import TORCH_LOAD_ERRORS
 from robustreid.errors import UserError
 
 logger = logging.getLogger(__name__)

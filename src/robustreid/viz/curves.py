@@ -11,7 +11,7 @@ split has no epoch 0 and no ranking metrics, and its accuracy panel says "no dat
 ``time_eval`` on evaluated epochs. An epoch whose clustering found too few clusters has
 ``"skipped": true`` and no ``loss``. On data whose training split carries identities, epochs
 also report the pseudo-labels' agreement with them (``pl_*``) and the memory diagnostics
-(``mem_*``, ``upd_*``). Every key is named once, in :mod:`robustreid.engine.metrics`.
+(``mem_*``, ``upd_*``). Every key is named once, in :mod:`robustreid.metric_names`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robustreid.engine.metrics import FRACTION_KEYS, MEMORY_DIAGNOSTICS, NUMBER_KEYS, PHASES
 from robustreid.errors import UserError
 from robustreid.io import atomic_write
+from robustreid.metric_names import FRACTION_KEYS, MEMORY_DIAGNOSTICS, NUMBER_KEYS, PHASES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

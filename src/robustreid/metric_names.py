@@ -1,12 +1,11 @@
 """The names of everything a run records per epoch, defined once.
 
 The trainer writes these keys to ``metrics.jsonl`` and TensorBoard; :mod:`robustreid.viz.curves`
-reads and draws them. Epoch 0 is the evaluation before training.
+reads and draws them. Epoch 0 is the evaluation before training. A bottom module: it imports
+nothing, so the trainer, the plots and the clustering diagnostics can all name the keys.
 """
 
 from __future__ import annotations
-
-from robustreid.clustering.quality import QUALITY_KEYS
 
 #: Test ranking metrics, fractions in [0, 1].
 RANKING_KEYS = ("mAP", "rank1", "rank5", "mINP")
@@ -14,6 +13,12 @@ RANKING_KEYS = ("mAP", "rank1", "rank5", "mINP")
 #: Phases of an epoch, in the order they run; ``time_<phase>`` holds their seconds.
 PHASES = ("extract", "cluster", "memory", "train", "eval", "diagnostics")
 TIME_KEYS = tuple(f"time_{phase}" for phase in PHASES)
+
+#: Keys of :func:`robustreid.clustering.quality.pseudo_label_quality`'s result, in display
+#: order: agreement of the pseudo-labels with the true identities (only on data that carries
+#: them; never used to train).
+QUALITY_KEYS = ("pl_clusters", "pl_identities", "pl_outlier_fraction", "pl_precision",
+                "pl_recall", "pl_fscore", "pl_ari", "pl_nmi")
 
 #: What every trained epoch reports.
 EPOCH_KEYS = ("lr", "clusters", "outliers", "loss")

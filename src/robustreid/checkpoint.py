@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from robustreid import __version__
 from robustreid.errors import UserError
 from robustreid.io import atomic_write
+from robustreid.version import __version__
 
 # Version of the checkpoint layout. Readers accept this format and older ones; a file from a
 # newer robustreid (a higher format) is refused with a message saying which version wrote it.
