@@ -34,17 +34,16 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from robustreid.build import build_aggregator
-from robustreid.checkpoint import load_checkpoint
 from robustreid.clustering import pseudo_labels
 from robustreid.clustering.quality import majority_identities
 from robustreid.config import load_config
 from robustreid.data import build_dataset
 from robustreid.data.decoded import BatchAugment, DecodedImages
-from robustreid.data.sampler import PseudoIdentitySampler
+from robustreid.data.sampler import epoch_batches
 from robustreid.evaluation.features import embed_decoded
+from robustreid.inference.extractor import model_from_checkpoint
 from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, pack_clusters, select_hard_positive_indices
-from robustreid.models import build_model_from_spec
 
 
 def mislabeled_updates(saa: SAA, features: torch.Tensor, labels: np.ndarray, wrong: np.ndarray,
@@ -105,9 +104,7 @@ def main() -> None:
     cfg = load_config(args.config)
     torch.manual_seed(args.seed)
     data = build_dataset(cfg.data.dataset, cfg.data.root, **cfg.data.options)
-    ckpt = load_checkpoint(args.checkpoint)
-    model = build_model_from_spec(ckpt["config"]["model"], pretrained="none")
-    model.load_state_dict(ckpt["model"])
+    model, _ = model_from_checkpoint(args.checkpoint)
     images = DecodedImages(data.train, cfg.data.height, cfg.data.width)
     features = embed_decoded(model, images, batch_size=128, device=torch.device("cpu"))
     ids = np.array([s.pid for s in data.train])
@@ -127,12 +124,10 @@ def main() -> None:
         agg = build_aggregator(cfg)
         agg.fit(features, torch.as_tensor(labels), torch.Generator().manual_seed(args.seed))
         keep = np.flatnonzero(labels >= 0)
-        sampler = PseudoIdentitySampler(labels[keep].tolist(), [data.train[i].camid for i in keep],
-                                        num_instances=tc.num_instances, batch_size=tc.batch_size,
-                                        num_iterations=args.batches, seed=args.seed)
-        sampler.set_epoch(1)
-        order = torch.as_tensor(list(sampler))
-        batches = [torch.as_tensor(keep)[b] for b in order.view(-1, tc.batch_size)]
+        # the trainer's P x K batches of epoch 1 (rows of the clustered samples)
+        order = epoch_batches(labels[keep], [data.train[i].camid for i in keep], tc.batch_size,
+                              tc.num_instances, args.batches, args.seed, epoch=1)
+        batches = [torch.as_tensor(keep)[b] for b in order]
         stale = [features[rows] for rows in batches]
         model.train()
         fresh = []

@@ -21,7 +21,7 @@ The method adds, with the config's ``method`` settings:
 
 * ``train_saa`` (CSA training of SAA on the epoch's features) and ``csa_prototypes``;
 * ``select_hard_positives`` once per step (HPS), timed over ``--hps-batches`` batches drawn by
-  the trainer's ``PseudoIdentitySampler`` (``batch_size / num_instances`` pseudo-identities x
+  the trainer's ``epoch_batches`` (``batch_size / num_instances`` pseudo-identities x
   ``num_instances`` samples).
 
 The features are synthetic clustered unit vectors (``benchmarks/clustering.py``) of the
@@ -44,7 +44,7 @@ from clustering import clustered_features
 
 from robustreid.clustering import pseudo_labels
 from robustreid.config import load_config
-from robustreid.data.sampler import PseudoIdentitySampler
+from robustreid.data.sampler import epoch_batches
 from robustreid.engine.step import contrastive_step
 from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, csa_prototypes, select_hard_positives, train_saa
@@ -170,13 +170,12 @@ def main() -> None:
     _sync(device)
     t_csa_init = time.perf_counter() - t0
 
-    sampler = PseudoIdentitySampler(labels, np.zeros_like(labels), tc.num_instances,
-                                    tc.batch_size, args.hps_batches, seed=args.seed)
-    batches = np.fromiter(iter(sampler), dtype=np.int64).reshape(-1, tc.batch_size)
+    batches = epoch_batches(labels, np.zeros_like(labels), tc.batch_size, tc.num_instances,
+                            args.hps_batches, args.seed, epoch=0)
     noise = 0.01 * torch.randn(tc.batch_size, dim, generator=gen).to(device)
     hps_times = []
     for b in batches:
-        idx = torch.from_numpy(b).to(device)
+        idx = b.to(device)
         batch = torch.nn.functional.normalize(feats[idx] + noise, dim=1)
         _sync(device)
         t0 = time.perf_counter()

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.nn.functional import normalize
 
+from robustreid.clustering.quality import identity_centres, majority_identities, mean_angle_degrees
+from robustreid.memory import ClusterMemory, cluster_means
 from robustreid.method import SAA, csa_prototypes, select_hard_positive_indices, train_saa
 
 RATES = (0.0, 0.1, 0.2, 0.3)
@@ -49,12 +51,6 @@ def synthetic(num_ids: int, dim: int, gen: torch.Generator) -> tuple[Tensor, Ten
     return normalize(centres[pids] + scale * noise, dim=1), pids, centres
 
 
-def true_centres(features: Tensor, pids: Tensor) -> Tensor:
-    """``I x d`` L2-normalised mean of each identity's samples."""
-    sums = torch.zeros(int(pids.max()) + 1, features.shape[1]).index_add_(0, pids, features)
-    return normalize(sums, dim=1)
-
-
 def held_out_split(features: Tensor, pids: Tensor,
                    gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """Split every identity's samples at random into two halves (identities with fewer than
@@ -75,7 +71,7 @@ def held_out_split(features: Tensor, pids: Tensor,
     a, b = order[first & keep], order[~first & keep]
     _, pids_a = torch.unique(pids[a], return_inverse=True)
     _, pids_b = torch.unique(pids[b], return_inverse=True)
-    return features[a], pids_a, true_centres(features[b], pids_b)
+    return features[a], pids_a, identity_centres(features[b], pids_b.numpy())[1]
 
 
 def corrupt(features: Tensor, pids: Tensor, centres: Tensor, rate: float) -> Tensor:
@@ -115,32 +111,12 @@ def corrupt(features: Tensor, pids: Tensor, centres: Tensor, rate: float) -> Ten
     return labels
 
 
-def majority(labels: Tensor, pids: Tensor, num_clusters: int) -> Tensor:
-    """Majority identity of each cluster (``C``)."""
-    table = torch.zeros(num_clusters, int(pids.max()) + 1, dtype=torch.long)
-    table.index_put_((labels, pids), torch.ones_like(labels), accumulate=True)
-    return table.argmax(1)
-
-
-def mean_prototypes(features: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
-    sums = torch.zeros(num_clusters, features.shape[1]).index_add_(0, labels, features)
-    return normalize(sums, dim=1)
-
-
-def angle(protos: Tensor, centres: Tensor) -> float:
-    cos = (normalize(protos, dim=1) * centres).sum(1).clamp(-1, 1)
-    return float(torch.rad2deg(torch.arccos(cos)).mean())
-
-
-def update(memory: Tensor, rows: Tensor, targets: Tensor, momentum: float) -> None:
-    """Reference momentum update: ``c <- normalise(m c + (1 - m) x)`` row by row."""
-    for x, y in zip(rows, targets.tolist(), strict=True):
-        memory[y] = normalize(momentum * memory[y] + (1 - momentum) * x, dim=0)
-
-
 def epoch_batches(labels: Tensor, p: int, k: int, gen: torch.Generator) -> list[Tensor]:
     """P x K batches over a random order of the clusters (K drawn per cluster, with
-    replacement only when the cluster is smaller than K)."""
+    replacement only when the cluster is smaller than K).
+
+    A simpler draw than the trainer's :func:`robustreid.data.sampler.epoch_batches` (no
+    cameras, one pass over the clusters), kept so that the figures stay comparable."""
     clusters = torch.unique(labels)
     members = [torch.nonzero(labels == c).squeeze(1) for c in clusters.tolist()]
     order = torch.randperm(clusters.numel(), generator=gen).tolist()
@@ -165,41 +141,44 @@ def run_rate(
     raw = corrupt(features, pids, centres, rate)
     _, labels = torch.unique(raw, return_inverse=True)
     num_c = int(labels.max()) + 1
-    target = centres[majority(labels, pids, num_c)]  # true centre per cluster
-    mislabeled = pids != majority(labels, pids, num_c)[labels]
-    init_mean = mean_prototypes(features, labels, num_c)
+    majority = torch.as_tensor(majority_identities(labels.numpy(), pids.numpy(), num_c))
+    target = centres[majority]  # true centre per cluster
+    mislabeled = pids != majority[labels]
+    init_mean = cluster_means(features, labels, num_c)
     saa = SAA(features.shape[1], heads=args.heads, head_dim=args.head_dim)
     train_saa(saa, features, labels, steps=args.steps, lr=args.lr, generator=gen,
               clusters_per_step=args.clusters_per_step,
               agreement_temperature=args.agreement_temperature)
     init_csa = csa_prototypes(saa, features, labels, num_c, mix=args.csa_mix)
-    memories = {name: init_mean.clone() for name in ("mean", "hard", "hps")}
+    # mean: every sample, in batch order; hard: per class the sample least similar to its
+    # prototype; hps: the sample HPS picks per class (one momentum step each)
+    memories = {name: ClusterMemory(features.shape[1], num_c, momentum=args.momentum,
+                                    update="hard" if name == "hard" else "mean")
+                for name in ("mean", "hard", "hps")}
+    for memory in memories.values():
+        memory.init_prototypes(init_mean)
     noisy = {"hard": [0, 0], "hps": [0, 0]}
     for _ in range(args.epochs):
         for batch in epoch_batches(labels, args.p, args.k, gen):
             x, y = features[batch], labels[batch]
-            update(memories["mean"], x, y, args.momentum)
-            mem = memories["hard"]  # least similar to its prototype, per class
-            chosen = []
-            for c in torch.unique(y).tolist():
-                rows = torch.nonzero(y == c).squeeze(1)
-                chosen.append(rows[torch.argmin(x[rows] @ mem[c])])
-            hard = torch.stack(chosen)
-            update(mem, x[hard], y[hard], args.momentum)
+            memories["mean"].update(x, y)
+            hard = memories["hard"].update(x, y)
             hps, _ = select_hard_positive_indices(
                 saa, x, y, features, labels, batch_indices=batch, generator=gen,
                 accept_ratio=args.accept_ratio, mode=args.hps_mode,
                 temperature=args.hps_temperature,
             )
-            update(memories["hps"], x[hps], y[hps], args.momentum)
+            memories["hps"].momentum_update(x[hps], y[hps])
             for name, idx in (("hard", hard), ("hps", hps)):
                 noisy[name][0] += int(mislabeled[batch[idx]].sum())
                 noisy[name][1] += idx.numel()
+    angle = {name: mean_angle_degrees(memory.prototypes, target)
+             for name, memory in memories.items()}
     return (
-        f"noise={rate:.2f} init_mean={angle(init_mean, target):.2f} "
-        f"init_csa={angle(init_csa, target):.2f} update_mean={angle(memories['mean'], target):.2f} "
-        f"update_hard={angle(memories['hard'], target):.2f} "
-        f"update_hps={angle(memories['hps'], target):.2f} "
+        f"noise={rate:.2f} init_mean={mean_angle_degrees(init_mean, target):.2f} "
+        f"init_csa={mean_angle_degrees(init_csa, target):.2f} "
+        f"update_mean={angle['mean']:.2f} update_hard={angle['hard']:.2f} "
+        f"update_hps={angle['hps']:.2f} "
         f"noisy_updates_hard={noisy['hard'][0] / max(1, noisy['hard'][1]):.3f} "
         f"noisy_updates_hps={noisy['hps'][0] / max(1, noisy['hps'][1]):.3f}"
     )
@@ -245,7 +224,8 @@ def main() -> None:
             gen = torch.Generator().manual_seed(args.seed)
             features, pids, centres = held_out_split(features, pids, gen)
         else:
-            centres = true_centres(features, pids)  # favours the plain mean by construction
+            # favours the plain mean by construction
+            centres = identity_centres(features, pids.numpy())[1]
     else:
         gen = torch.Generator().manual_seed(args.seed)
         features, pids, centres = synthetic(args.ids, args.dim, gen)

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from robustreid.checkpoint import load_checkpoint
 
 
 def run(command: list[str], threads: int) -> float:
@@ -75,13 +75,13 @@ def main() -> None:
         seconds[name] = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                              f"--nproc_per_node={n}", *train,
                              f"output_dir={folders[name]}"], max(1, args.threads // n))
-    reference = torch.load(folders["plain"] / "last.pth", weights_only=True)["model"]
+    reference = load_checkpoint(folders["plain"] / "last.pth")["model"]
     plain_records = records(folders["plain"])
     print("| run | wall time (s) | training steps (s) | extraction (s) | max abs weight "
           "difference to plain | same clusters and outliers every epoch | final mAP (%) |")
     print("|---|---:|---:|---:|---:|---|---:|")
     for name, folder in folders.items():
-        model = torch.load(folder / "last.pth", weights_only=True)["model"]
+        model = load_checkpoint(folder / "last.pth")["model"]
         diff = max(float((model[k].double() - v.double()).abs().max())
                    for k, v in reference.items())
         recs = records(folder)

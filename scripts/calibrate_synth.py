@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import resource
 import shutil
 import tempfile
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from robustreid.data import build_dataset
+from robustreid.data.base import Sample
 from robustreid.evaluation.handcrafted import (
     color_histogram_features,
     load_images,
@@ -32,20 +33,10 @@ from robustreid.evaluation.handcrafted import (
 from robustreid.evaluation.ranking import evaluate_ranking
 from robustreid.synth import SynthConfig, generate_synthperson
 
-_NAME = re.compile(r"^(-?\d+)_c(\d)")
 
-
-def parse_dir(folder: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """Image paths, pids and 0-based camera ids of a Market-layout folder."""
-    paths = sorted(folder.glob("*.jpg"))
-    pids, cams = [], []
-    for p in paths:
-        m = _NAME.match(p.name)
-        if m is None:
-            raise ValueError(f"not a Market name: {p.name}")
-        pids.append(int(m.group(1)))
-        cams.append(int(m.group(2)) - 1)
-    return paths, np.asarray(pids), np.asarray(cams)
+def identities(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    """(pids, 0-based camera ids) of ``samples``, as (N,) int arrays."""
+    return np.asarray([s.pid for s in samples]), np.asarray([s.camid for s in samples])
 
 
 def evaluate(dist: np.ndarray, qp: np.ndarray, gp: np.ndarray, qc: np.ndarray,
@@ -60,14 +51,11 @@ def contact_sheet(root: Path, dest: Path, rows: int = 7, cols: int = 6) -> None:
 
     Queries and gallery images are mixed; identities with the most cameras come first.
     """
-    paths = [*parse_dir(root / "query")[0], *parse_dir(root / "bounding_box_test")[0]]
-    by_pid: dict[int, dict[int, list[Path]]] = {}
-    for p in paths:
-        m = _NAME.match(p.name)
-        assert m is not None
-        pid, cam = int(m.group(1)), int(m.group(2))
-        if pid > 0:
-            by_pid.setdefault(pid, {}).setdefault(cam, []).append(p)
+    data = build_dataset("synthperson", root)
+    by_pid: dict[int, dict[int, list[str]]] = {}
+    for sample in [*data.query, *data.gallery]:
+        if sample.pid > 0:  # not the distractors
+            by_pid.setdefault(sample.pid, {}).setdefault(sample.camid, []).append(sample.path)
     ranked = sorted(by_pid, key=lambda k: (-len(by_pid[k]), k))[:rows]
     gap = 4
     sheet = np.full((rows * (128 + gap) + gap, cols * (64 + gap) + gap, 3), 255, np.uint8)
@@ -115,9 +103,10 @@ def main() -> None:
         t0, c0 = time.perf_counter(), _cpu_seconds()
         summ = generate_synthperson(out, cfg, progress=False, overwrite=True)
         gen, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-        qpaths, qp, qc = parse_dir(out / "query")
-        gpaths, gp, gc = parse_dir(out / "bounding_box_test")
-        qi, gi = load_images(qpaths), load_images(gpaths)
+        data = build_dataset("synthperson", out)
+        (qp, qc), (gp, gc) = identities(data.query), identities(data.gallery)
+        qi = load_images([s.path for s in data.query])
+        gi = load_images([s.path for s in data.gallery])
         res = []
         for fn in (raw_pixel_features, color_histogram_features):
             dist = pairwise_euclidean(fn(qi), fn(gi))

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from robustreid.config import load_config, save_config
-from robustreid.io import atomic_write_text
+from robustreid.io import atomic_write, atomic_write_text
 from robustreid.jobs import evaluate, train
 from robustreid.synth import SynthConfig, generate_synthperson
 from robustreid.utils import setup_logging
@@ -407,11 +407,8 @@ def save_figure(fig, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(png, lambda handle: fig.savefig(handle, format="png", dpi=110))
     plt.close(fig)
-    tmp.replace(png)
     print(f"plot written to {png}")
 
 

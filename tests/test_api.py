@@ -13,6 +13,7 @@ from robustreid.checkpoint import save_checkpoint as save
 from robustreid.data.base import DatasetError
 from robustreid.errors import UserError
 from robustreid.inference import FeatureExtractor, expand_inputs, list_images
+from robustreid.inference.extractor import model_from_checkpoint
 from tests.conftest import TINY_ARCH, TINY_HEIGHT, TINY_WIDTH
 
 
@@ -135,6 +136,15 @@ def test_weights_that_do_not_fit_are_a_clear_error(tiny_checkpoint, tmp_path):
         robustreid.load(save(tmp_path / "wrong.pth", ckpt))
     with pytest.raises(CheckpointError, match="not found"):
         robustreid.load(tmp_path / "missing.pth")
+
+
+def test_model_from_checkpoint_holds_the_trained_weights(tiny_checkpoint):
+    model, meta = model_from_checkpoint(tiny_checkpoint)
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert meta == ckpt["meta"]
+    state = model.state_dict()
+    assert state.keys() == ckpt["model"].keys()
+    assert all(torch.equal(state[k], v) for k, v in ckpt["model"].items())
 
 
 def test_expand_inputs_keeps_order(market_images):

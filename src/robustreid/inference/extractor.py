@@ -158,22 +158,9 @@ class FeatureExtractor:
         ``kwargs`` go to the constructor (``batch_size``, ``flip``).
 
         Raises:
-            CheckpointError: missing, unreadable, foreign or newer-format file, or weights
-                that do not fit the described architecture.
+            CheckpointError: see :func:`model_from_checkpoint`.
         """
-        from robustreid.models import build_model_from_spec
-
-        ckpt = load_checkpoint(path)
-        meta = checkpoint_meta(ckpt, path)
-        model_cfg = meta["model"]
-        try:
-            model = build_model_from_spec(model_cfg, pretrained="none")
-            model.load_state_dict(ckpt["model"])
-        except (KeyError, RuntimeError) as err:
-            raise CheckpointError(
-                f"checkpoint {path}: its weights do not fit the model it describes "
-                f"({model_cfg.get('arch')!r}): {err}"
-            ) from err
+        model, meta = model_from_checkpoint(path)
         height, width = meta["input_size"]
         return cls(model, height, width, meta["mean"], meta["std"], device=device,
                    meta=meta, **kwargs)
@@ -201,6 +188,31 @@ class FeatureExtractor:
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised features on the CPU."""
         return embed_batch(self.model, batch.to(self.device), self.flip).cpu()
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a robustreid checkpoint describes, with its trained weights (on the CPU, in
+    training mode as built), and the checkpoint's self-description (:func:`checkpoint_meta`:
+    architecture, input size, normalisation).
+
+    Raises:
+        CheckpointError: missing, unreadable, foreign or newer-format file, or weights
+            that do not fit the described architecture.
+    """
+    from robustreid.models import build_model_from_spec
+
+    ckpt = load_checkpoint(path)
+    meta = checkpoint_meta(ckpt, path)
+    model_cfg = meta["model"]
+    try:
+        model = build_model_from_spec(model_cfg, pretrained="none")
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(
+            f"checkpoint {path}: its weights do not fit the model it describes "
+            f"({model_cfg.get('arch')!r}): {err}"
+        ) from err
+    return model, meta
 
 
 def checkpoint_meta(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> dict[str, Any]:
