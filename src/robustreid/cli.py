@@ -195,10 +195,11 @@ def run_synth(args: argparse.Namespace) -> int:
 def build_configured_model(cfg: Config,
                            state_dict: dict[str, Any] | None = None) -> torch.nn.Module:
     """The model ``cfg.model`` describes, with ``state_dict`` (trained weights) if given."""
+    from robustreid.config import config_to_dict
     from robustreid.models import build_model_from_spec
 
     pretrained = "none" if state_dict is not None else None
-    model = build_model_from_spec(dataclasses.asdict(cfg.model), pretrained=pretrained)
+    model = build_model_from_spec(config_to_dict(cfg.model), pretrained=pretrained)
     if state_dict is not None:
         model.load_state_dict(state_dict)
     return model

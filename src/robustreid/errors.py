@@ -12,7 +12,7 @@ It derives from :class:`ValueError` so that code written against the older error
 
 from __future__ import annotations
 
-__all__ = ["RunInterrupted", "TrainingDiverged", "UnknownNameError", "UserError"]
+__all__ = ["ConfigError", "RunInterrupted", "TrainingDiverged", "UnknownNameError", "UserError"]
 
 
 class UserError(ValueError):
@@ -43,3 +43,17 @@ class RunInterrupted(Exception):
 
 class TrainingDiverged(UserError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ConfigError(UserError):
+    """An invalid configuration file, override or value (:mod:`robustreid.config`).
+
+    Attributes:
+        key: the full dotted key concerned, or None when the problem is not about one key.
+        source: the file the value came from, ``"command line"``, or None.
+    """
+
+    def __init__(self, message: str, key: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.source = source
