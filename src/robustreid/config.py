@@ -441,9 +441,7 @@ def _translate(exc: ValidationError, cls: type[ConfigSection], sources: Sources)
         return config_error(path, f"expected a mapping (section {tp.__name__}), got {got}",
                             sources)
     if kind == "literal_error":
-        hint = ""
-        if isinstance(value, str):
-            hint = RETIRED_CHOICES.get((format_path(path), value), "")
+        hint = RETIRED_CHOICES.get((format_path(path), value), "") if isinstance(value, str) else ""
         if not hint and isinstance(value, str):
             choices = [c for c in typing.get_args(tp) if isinstance(c, str)]
             close = difflib.get_close_matches(value, choices, 1)
