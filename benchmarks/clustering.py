@@ -111,7 +111,7 @@ def run_pipeline(
 def run_approx(n: int, dim: int, k1: int, seed: int, index: str, compare_exact: bool) -> None:
     x = clustered_features(n, dim, max(1, n // 18), seed)
     t0 = time.perf_counter()
-    _, idx = knn(x, k1, method="approx", approx_index=index)
+    _, idx = knn(x, k1, method=index, backend="faiss", reduce_dim=0)
     t_approx = time.perf_counter() - t0
     rng = np.random.default_rng(seed)
     q = np.sort(rng.choice(n, size=min(1000, n), replace=False))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import os
 import socket
 import time
@@ -26,7 +25,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from robustreid.config import load_config
+from robustreid.config import config_to_dict, load_config
 from robustreid.distributed import wrap_model
 from robustreid.engine.step import contrastive_step
 from robustreid.memory import ClusterMemory
@@ -55,7 +54,7 @@ def main() -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
     amp = device.type == "cuda" and cfg.train.amp
     torch.manual_seed(0)
-    plain = build_model_from_spec(dataclasses.asdict(cfg.model), pretrained="none").to(device)
+    plain = build_model_from_spec(config_to_dict(cfg.model), pretrained="none").to(device)
     if cfg.train.channels_last:  # before DDP, as the trainer does (DDP's buckets follow it)
         plain.to(memory_format=torch.channels_last)
     wrapped = wrap_model(copy.deepcopy(plain), device, sync_bn=cfg.train.sync_bn)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import os
 import time
 
@@ -43,7 +42,7 @@ import torch
 from clustering import clustered_features
 
 from robustreid.clustering import pseudo_labels
-from robustreid.config import load_config
+from robustreid.config import config_to_dict, load_config
 from robustreid.data.sampler import epoch_batches
 from robustreid.engine.step import contrastive_step
 from robustreid.memory import ClusterMemory, cluster_means
@@ -82,7 +81,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="config overrides, e.g. method.csa_steps=100")
+                    help="config overrides, e.g. method.csa.steps=100")
     ap.add_argument("--no-amp", action="store_true",
                     help="train in float32 even where the config asks for AMP on CUDA")
     args = ap.parse_args()
@@ -92,7 +91,7 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     tc, mc, cl = cfg.train, cfg.method, cfg.cluster
     torch.manual_seed(args.seed)
-    model = build_model_from_spec(dataclasses.asdict(cfg.model), pretrained="none").to(device)
+    model = build_model_from_spec(config_to_dict(cfg.model), pretrained="none").to(device)
     # the trainer's settings: channels_last and float16 autocast + GradScaler on CUDA only
     cuda = device.type == "cuda"
     amp = cuda and tc.amp and not args.no_amp
@@ -101,7 +100,7 @@ def main() -> None:
     dim = int(model.feature_dim)
     print(f"{args.config}: {cfg.model.arch} {cfg.data.height}x{cfg.data.width}, d={dim}, "
           f"N={args.n}, {tc.iters} iters x batch {tc.batch_size} ({tc.num_instances} per id), "
-          f"SAA {mc.saa_heads} heads x {mc.saa_head_dim}, {mc.csa_steps} CSA steps")
+          f"SAA {mc.saa.heads} heads x {mc.saa.head_dim}, {mc.csa.steps} CSA steps")
     name = torch.cuda.get_device_name(device) if cuda else "cpu"
     print(f"device {device} ({name}), AMP {amp}, channels_last {layout == torch.channels_last}, "
           f"torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
@@ -151,22 +150,22 @@ def main() -> None:
 
     # ---- the method ----
     feats, lab_dev = x.to(device), lab.to(device)
-    saa = SAA(dim, heads=mc.saa_heads, head_dim=mc.saa_head_dim,
-              temperature=mc.saa_temperature).to(device)
+    saa = SAA(dim, heads=mc.saa.heads, head_dim=mc.saa.head_dim,
+              temperature=mc.saa.temperature).to(device)
     gen = torch.Generator().manual_seed(args.seed)
     # untimed warm-up (kernel loading, cuBLAS handles: once per run, not once per epoch)
     train_saa(copy.deepcopy(saa), feats, lab_dev, steps=2,
-              clusters_per_step=mc.csa_clusters_per_step, max_members=mc.csa_max_members,
+              clusters_per_step=mc.csa.clusters_per_step, max_members=mc.csa.max_members,
               device=device)
     _sync(device)
     t0 = time.perf_counter()
-    train_saa(saa, feats, lab_dev, steps=mc.csa_steps, clusters_per_step=mc.csa_clusters_per_step,
-              lr=mc.csa_lr, temperature=cfg.memory.temperature, max_members=mc.csa_max_members,
-              agreement_temperature=mc.csa_agreement_temperature, generator=gen, device=device)
+    train_saa(saa, feats, lab_dev, steps=mc.csa.steps, clusters_per_step=mc.csa.clusters_per_step,
+              lr=mc.csa.lr, temperature=mc.saa.loss_temperature, max_members=mc.csa.max_members,
+              agreement_temperature=mc.csa.agreement_temperature, generator=gen, device=device)
     _sync(device)
     t_csa_train = time.perf_counter() - t0
     t0 = time.perf_counter()
-    csa_prototypes(saa, feats, lab_dev, num_c, mix=mc.csa_mix)
+    csa_prototypes(saa, feats, lab_dev, num_c, mix=mc.csa.mix)
     _sync(device)
     t_csa_init = time.perf_counter() - t0
 
@@ -180,8 +179,8 @@ def main() -> None:
         _sync(device)
         t0 = time.perf_counter()
         select_hard_positives(saa, batch, lab_dev[idx], feats, lab_dev,
-                              accept_ratio=mc.hps_accept_ratio, mode=mc.hps_mode,
-                              temperature=mc.hps_temperature, batch_indices=idx)
+                              accept_ratio=mc.hps.accept_ratio, mode=mc.hps.mode,
+                              temperature=mc.hps.temperature, batch_indices=idx)
         _sync(device)
         hps_times.append(time.perf_counter() - t0)
     t_hps_step = float(np.median(hps_times[1:] if len(hps_times) > 1 else hps_times))

@@ -18,6 +18,8 @@ from robustreid.clustering import (
     pseudo_labels,
     relabel_consecutive,
 )
+from robustreid.clustering.labellers import ClusteringLabeller
+from robustreid.errors import UserError
 
 FIXTURE = Path(__file__).parent / "data" / "pseudo_labels.npz"
 
@@ -165,8 +167,8 @@ def test_torch_knn_equals_faiss_knn():
 def test_approx_recall_on_clustered_data():
     x = _clustered(6000, 32, 150, 0.6, 2)
     _, exact = knn(x, 30)
-    for index in ("hnsw", "ivf"):
-        _, approx = knn(x, 30, method="approx", approx_index=index)
+    for index in ("hnsw", "ivf"):  # faiss' indexes on the features as they are
+        _, approx = knn(x, 30, method=index, backend="faiss", reduce_dim=0)
         hits = sum(len(np.intersect1d(a, b)) for a, b in zip(exact, approx, strict=True))
         assert hits / exact.size > 0.9, index
 
@@ -225,3 +227,13 @@ def test_tiny_clusters_are_outliers():
 def test_relabel_consecutive():
     out = relabel_consecutive(np.array([5, -1, 2, 5, 2, 9]))
     assert out.tolist() == [0, -1, 1, 0, 1, 2]
+
+
+def test_approx_is_refused_with_what_replaces_it():
+    x = _clustered(60, 8, 5, 0.3, 0)
+    with pytest.raises(UserError, match=r"method='approx' is no longer accepted.*'hnsw'.*'ivf'"):
+        knn(x, 5, method="approx")
+    with pytest.raises(UserError, match=r"knn_method='approx' .*'hnsw'.*'ivf'"):
+        pseudo_labels(x, knn_method="approx")
+    with pytest.raises(UserError, match=r"knn_method='approx'"):
+        ClusteringLabeller(0.6, 4, 20, 6, knn_method="approx")

@@ -201,14 +201,17 @@ def test_synthetic_generator_chunked_file_equals_memory(tmp_path):
 def test_config_cluster_keys_and_trainer_wiring():
     from robustreid.build import build_labeller
 
-    cfg = load_config(None, ["cluster.knn=approx", "cluster.method=infomap",
+    cfg = load_config(None, ["cluster.knn=ivf", "cluster.method=infomap",
                              "cluster.feature_dtype=float16", "cluster.knn_dim=64"])
 
     class _Data:
         labelled, name, train = True, "toy", []
 
     labeller = build_labeller(cfg, _Data(), torch.device("cpu"))
-    assert labeller.knn_method == "ivf"  # approx: the older name
+    assert labeller.knn_method == "ivf"
+    # approx, the older name of ivf in configurations (and of hnsw in knn()), is refused
+    with pytest.raises(ConfigError, match=r"cluster\.knn: .*'approx'.*use 'ivf'.*'hnsw'"):
+        load_config(None, ["cluster.knn=approx"])
     assert labeller.method == "infomap" and labeller.feature_dtype == "float16"
     assert labeller.knn_options["reduce_dim"] == 64
     with pytest.raises(ConfigError, match=r"cluster\.method.*'dbscan'"):

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 import yaml
+from pydantic import Field
 
 from robustreid.config import (
     Config,
     ConfigError,
+    ConfigSection,
     DataConfig,
     EvalConfig,
     ModelConfig,
@@ -389,7 +389,7 @@ def test_rules_between_fields(overrides, pattern, key):
         config_from_dict(tree)
     cfg = Config()
     for section, values in tree.items():
-        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **values))
+        setattr(cfg, section, getattr(cfg, section).model_copy(update=values))
     with pytest.raises(ConfigError, match=pattern.split(" ", 1)[0].lstrip("^")):
         check_config(cfg)
 
@@ -512,23 +512,21 @@ def test_config_error_is_a_value_error():
 
 
 # ------------------------------------------------------------------------------------------
-# Generic mechanism (new sections are just dataclass fields)
+# Generic mechanism (new sections are just ConfigSection fields)
 # ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Inner:
-    milestones: list[int] = field(default_factory=lambda: [10, 20])
-    size: tuple[int, int] = (256, 128)
-    scales: tuple[float, ...] = (1.0,)
+class _Inner(ConfigSection):
+    milestones: list[int] = Field(default_factory=lambda: [10, 20])
+    size: Annotated[tuple[int, int], Field(strict=False)] = (256, 128)
+    scales: Annotated[tuple[float, ...], Field(strict=False)] = (1.0,)
     momentum: float | None = None
     mode: Literal["a", "b"] = "a"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
 
 
-@dataclass
-class _Outer:
-    train: _Inner = field(default_factory=_Inner)
+class _Outer(ConfigSection):
+    train: _Inner = Field(default_factory=_Inner)
     name: str = "x"
     required_later: int = 0
 
@@ -587,7 +585,7 @@ def test_config_to_dict():
     plain = config_to_dict(Config())
     assert plain["data"]["height"] == 256
     assert plain["model"]["pooling"] == "gem"
-    assert list(plain) == [f.name for f in dataclasses.fields(Config)]
+    assert list(plain) == list(Config.model_fields)
     assert config_from_dict(plain) == Config()
     with pytest.raises(TypeError):
         config_to_dict({"data": {}})
@@ -663,7 +661,7 @@ def test_trainer_checks_a_config_built_in_code():
     from robustreid.build import build_trainer
 
     cfg = Config()
-    cfg.train = dataclasses.replace(cfg.train, batch_size=7, num_instances=4)
+    cfg.train = cfg.train.model_copy(update={"batch_size": 7, "num_instances": 4})
     # refused before the model, the data or the device are touched
     with pytest.raises(ConfigError, match=r"train\.batch_size=7 must be a multiple"):
         build_trainer(cfg, model=None, data=None, device=None)  # type: ignore[arg-type]

@@ -32,8 +32,8 @@ from tests.conftest import Kill, make_trainer, tiny_config
 # HPS update), both with SyncBN (the default under a process group).
 RUNS = {
     "baseline": [],
-    "csa_hps": ["memory.init=csa", "memory.update=hps", "method.csa_steps=5",
-                "method.csa_clusters_per_step=4"],
+    "csa_hps": ["memory.init=csa", "memory.update=hps", "method.csa.steps=5",
+                "method.csa.clusters_per_step=4"],
 }
 COMMON = ["train.eval_every=0"]
 # Largest difference allowed between the 1-process and the 2-process weights (see

@@ -48,7 +48,7 @@ def tiny_run_args(root: Path, out: Path) -> list[str]:
     """The chain's run: 5 epochs of 3 steps, CSA + HPS on (SAA trained every epoch)."""
     return tiny_train_args(root, out, "train.epochs=5", "train.iters=3",
                            "cluster.camera_normalize=true", "memory.init=csa",
-                           "memory.update=hps", "method.csa_steps=5")
+                           "memory.update=hps", "method.csa.steps=5")
 
 
 class FaultProcess:

@@ -7,7 +7,6 @@ Profiles (number of examples, reproducibility) are set in ``tests/conftest.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import tempfile
 import typing
@@ -17,21 +16,49 @@ from typing import Any, Literal
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic.fields import FieldInfo
 
-from robustreid.config import Config, ConfigError, config_from_dict, load_config, save_config
+from robustreid.config import (
+    Config,
+    ConfigError,
+    ConfigSection,
+    config_from_dict,
+    load_config,
+    save_config,
+)
 
 
-def _fields(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
-    """(dotted key, annotation, field) of every leaf option of a config dataclass."""
+def _fields(cls: type[ConfigSection], prefix: str = "") -> list[tuple[str, Any, dict[str, Any]]]:
+    """(dotted key, annotation, constraints) of every leaf option of a config section; the
+    constraints are the field's ``ge`` / ``gt`` / ``le`` / ``lt`` / ``pattern``."""
     out = []
-    hints = typing.get_type_hints(cls)
-    for fld in dataclasses.fields(cls):
-        tp = hints[fld.name]
-        if dataclasses.is_dataclass(tp):
-            out.extend(_fields(tp, f"{prefix}{fld.name}."))
+    for name, fld in cls.model_fields.items():
+        tp = fld.annotation
+        if isinstance(tp, type) and issubclass(tp, ConfigSection):
+            out.extend(_fields(tp, f"{prefix}{name}."))
         else:
-            out.append((prefix + fld.name, tp, fld))
+            out.append((prefix + name, tp, _constraints(fld)))
     return out
+
+
+def _constraints(fld: FieldInfo) -> dict[str, Any]:
+    out = {}
+    for item in fld.metadata:
+        for name in ("ge", "gt", "le", "lt", "pattern"):
+            if getattr(item, name, None) is not None:
+                out[name] = getattr(item, name)
+    return out
+
+
+def _put(tree: dict[Any, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` in a nested tree (a section in the way that is not a mapping: skip)."""
+    *sections, name = key.split(".")
+    node = tree
+    for section in sections:
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            return
+    node[name] = value
 
 
 LEAVES = _fields(Config)
@@ -76,19 +103,14 @@ def config_trees(draw: st.DrawFn) -> dict[Any, Any]:
     tree: dict[Any, Any] = {}
     for _ in range(draw(st.integers(0, 4))):
         key, tp, fld = draw(st.sampled_from(LEAVES))
-        section, _, name = key.rpartition(".")
-        node = tree.setdefault(section, {}) if section else tree
-        if not isinstance(node, dict):
-            continue
-        node[name] = draw(st.one_of(values, valid_value(tp, fld)))
+        _put(tree, key, draw(st.one_of(values, valid_value(tp, fld))))
     if draw(st.booleans()):
         tree[draw(st.sampled_from(NAMES) | st.text(max_size=6))] = draw(values)
     return tree
 
 
-def valid_value(tp: Any, fld: dataclasses.Field) -> st.SearchStrategy[Any]:
-    """Values of annotation ``tp`` inside the bounds of ``fld``'s metadata."""
-    meta = fld.metadata
+def valid_value(tp: Any, meta: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values of annotation ``tp`` inside the bounds ``meta`` (see :func:`_constraints`)."""
     if tp is bool:
         return st.booleans()
     if tp is int:
@@ -121,9 +143,7 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
     """A nested mapping that is a valid configuration (rules between fields respected)."""
     tree: dict[str, Any] = {}
     for key, tp, fld in LEAVES:
-        section, _, name = key.rpartition(".")
-        node = tree.setdefault(section, {}) if section else tree
-        node[name] = draw(valid_value(tp, fld))
+        _put(tree, key, draw(valid_value(tp, fld)))
     train = tree["train"]
     train["batch_size"] = train["num_instances"] * draw(
         st.integers(2 if train["num_instances"] == 1 else 1, 64))
@@ -131,6 +151,10 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
         tree[section]["k2"] = draw(st.integers(1, tree[section]["k1"]))
     if not tree["data"]["eval_dataset"]:
         tree["data"]["eval_root"], tree["data"]["eval_options"] = "", {}
+    if train["optimizer"] != "sgd" or not train["sgd_momentum"]:
+        train["nesterov"] = False
+    if train["scheduler"] == "cosine":
+        train["min_lr"] = min(train["min_lr"], train["lr"])
     return tree
 
 

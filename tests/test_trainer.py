@@ -131,7 +131,7 @@ def test_instance_warmup_then_clustering(tiny_data, tmp_path):
         return EpochLabels.from_labels(np.arange(len(features), dtype=np.int64) % 3)
 
     cfg = tiny_config(tmp_path / "run", "train.epochs=2", "cluster.warmup_epochs=1",
-                      "memory.init=csa", "memory.update=hps", "method.csa_steps=2",
+                      "memory.init=csa", "memory.update=hps", "method.csa.steps=2",
                       "train.eval_every=0")
     trainer = make_trainer(cfg, tiny_data, labeller=InstanceWarmup(1, fake_clustering))
     n = len(tiny_data.train)
@@ -159,8 +159,8 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("init, update", [("csa", "mean"), ("mean", "hps"), ("csa", "hps")])
 def test_method_switches_train_and_resume(tiny_data, tmp_path, init, update):
-    extra = [f"memory.init={init}", f"memory.update={update}", "method.csa_steps=5",
-             "method.csa_clusters_per_step=4", "train.eval_every=0"]
+    extra = [f"memory.init={init}", f"memory.update={update}", "method.csa.steps=5",
+             "method.csa.clusters_per_step=4", "train.eval_every=0"]
     full = make_trainer(tiny_config(tmp_path / "full", *extra), tiny_data)
     full.fit()
     assert full.memory_stage.aggregator.saa is not None
@@ -184,7 +184,7 @@ def test_hps_updates_only_with_accepted_members(tiny_data, tmp_path):
             chosen = step.targets[step.updated]
             calls.append((chosen.numel(), chosen.unique().numel()))
 
-    cfg = tiny_config(tmp_path / "run", "memory.update=hps", "method.csa_steps=3",
+    cfg = tiny_config(tmp_path / "run", "memory.update=hps", "method.csa.steps=3",
                       "train.epochs=1", "train.eval_every=0")
     trainer = make_trainer(cfg, tiny_data, hooks=[Spy()])
     assert trainer.memory_stage.update.name == "hps"
@@ -296,7 +296,7 @@ def test_memory_diagnostics_on_a_planted_labelling(tiny_data, tmp_path, update):
 
 def test_csa_run_logs_saa_statistics(tiny_data, tmp_path):
     cfg = tiny_config(tmp_path / "run", "train.epochs=1", "train.eval_every=0",
-                      "memory.init=csa", "method.csa_steps=4", "method.csa_clusters_per_step=4")
+                      "memory.init=csa", "method.csa.steps=4", "method.csa.clusters_per_step=4")
     trainer = make_trainer(cfg, tiny_data)
     assert trainer.memory_stage.init.name == "csa" and trainer.memory_stage.update.name == "mean"
     record = trainer.fit().history[-1]

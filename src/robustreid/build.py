@@ -115,7 +115,7 @@ def build_labeller(cfg: Config, data: ReIDData, device: torch.device) -> PseudoL
         return SupervisedLabeller([s.pid for s in data.train])
     cl = cfg.cluster
     labeller: PseudoLabeller = ClusteringLabeller(
-        cl.eps, cl.min_samples, cl.k1, cl.k2, knn_method="ivf" if cl.knn == "approx" else cl.knn,
+        cl.eps, cl.min_samples, cl.k1, cl.k2, knn_method=cl.knn,
         camids=[s.camid for s in data.train] if cl.camera_normalize else None, device=device,
         method=cl.method, feature_dtype=cl.feature_dtype,
         knn_options={"reduce_dim": cl.knn_dim, "projection": cl.knn_projection,
@@ -128,12 +128,12 @@ def build_labeller(cfg: Config, data: ReIDData, device: torch.device) -> PseudoL
 
 def build_aggregator(cfg: Config, device: torch.device | str = "cpu") -> Aggregator:
     """The SAA holder of CSA/HPS with the ``method`` section's settings (untrained)."""
-    mc = cfg.method
+    saa, csa = cfg.method.saa, cfg.method.csa
     return Aggregator(
-        heads=mc.saa_heads, head_dim=mc.saa_head_dim, temperature=mc.saa_temperature,
-        steps=mc.csa_steps, clusters_per_step=mc.csa_clusters_per_step, lr=mc.csa_lr,
-        max_members=mc.csa_max_members, agreement_temperature=mc.csa_agreement_temperature,
-        loss_temperature=cfg.memory.temperature, device=device)
+        heads=saa.heads, head_dim=saa.head_dim, temperature=saa.temperature,
+        steps=csa.steps, clusters_per_step=csa.clusters_per_step, lr=csa.lr,
+        max_members=csa.max_members, agreement_temperature=csa.agreement_temperature,
+        loss_temperature=saa.loss_temperature, device=device)
 
 
 def build_strategies(cfg: Config, aggregator: Aggregator, feature_dim: int
@@ -141,15 +141,15 @@ def build_strategies(cfg: Config, aggregator: Aggregator, feature_dim: int
     """The prototype initialisation and update ``memory.init`` / ``memory.update`` name
     (``feature_dim``: D of the model, for the in-batch CSA block)."""
     mc = cfg.method
-    init: PrototypeInit = (CSAInit(aggregator, mix=mc.csa_mix) if cfg.memory.init == "csa"
+    init: PrototypeInit = (CSAInit(aggregator, mix=mc.csa.mix) if cfg.memory.init == "csa"
                            else MeanInit())
     update: MemoryUpdate
     if cfg.memory.update == "hps":
-        update = HPSUpdate(aggregator, accept_ratio=mc.hps_accept_ratio, mode=mc.hps_mode,
-                           temperature=mc.hps_temperature)
+        update = HPSUpdate(aggregator, accept_ratio=mc.hps.accept_ratio, mode=mc.hps.mode,
+                           temperature=mc.hps.temperature)
     elif cfg.memory.update == "joint_csa":
-        update = InBatchCSA(feature_dim, heads=mc.saa_heads, head_dim=mc.saa_head_dim,
-                            temperature=mc.saa_temperature, weight=mc.joint_csa_weight)
+        update = InBatchCSA(feature_dim, heads=mc.saa.heads, head_dim=mc.saa.head_dim,
+                            temperature=mc.saa.temperature, weight=mc.joint_csa.weight)
     else:
         update = {"hard": HardUpdate, "trimmed_hard": TrimmedHardUpdate}.get(
             cfg.memory.update, MeanUpdate)()

@@ -19,20 +19,6 @@ class UserError(ValueError):
     """Bad user input; the message names the key, file or value and what was expected."""
 
 
-class ConfigError(UserError):
-    """An invalid configuration file, override or value.
-
-    Attributes:
-        key: the full dotted key concerned, or None when the problem is not about one key.
-        source: the file the value came from, ``"command line"``, or None.
-    """
-
-    def __init__(self, message: str, key: str | None = None, source: str | None = None):
-        super().__init__(message)
-        self.key = key
-        self.source = source
-
-
 class UnknownNameError(UserError, KeyError):
     """A name (data set, backbone, ...) that no registry holds."""
 
@@ -57,3 +43,17 @@ class RunInterrupted(Exception):
 
 class TrainingDiverged(UserError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class ConfigError(UserError):
+    """An invalid configuration file, override or value (:mod:`robustreid.config`).
+
+    Attributes:
+        key: the full dotted key concerned, or None when the problem is not about one key.
+        source: the file the value came from, ``"command line"``, or None.
+    """
+
+    def __init__(self, message: str, key: str | None = None, source: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.source = source

@@ -347,7 +347,7 @@ def jaccard_distance(
         k1: k-reciprocal neighbourhood size (sample itself included); clipped to ``N`` with a
             warning.
         k2: query-expansion neighbourhood size (sample itself included), capped at ``k1``.
-        knn_method: ``"auto"``, ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"approx"``, see
+        knn_method: ``"auto"``, ``"exact"``, ``"ivf"`` or ``"hnsw"``, see
             :func:`robustreid.clustering.knn`.
         device: torch device for the kNN search (see :func:`robustreid.clustering.knn`).
         dtype: dtype of the stored distances.

@@ -18,8 +18,10 @@ Methods (``method=``)
 * ``"auto"``: ``"exact"`` while the exact search costs at most as much as one of
   :data:`AUTO_EXACT_MAX_ROWS` rows of 2048 dimensions on the CPU (``N^2 D`` multiply-adds;
   100 times that on a CUDA device), else ``"ivf"``; see :func:`choose_method`.
-* ``"approx"``: the older name; faiss ``approx_index`` (``"hnsw"`` or ``"ivf"``) on the
-  features as they are (no projection or re-ranking unless asked for).
+
+``"approx"`` (an older name: faiss HNSW, or faiss IVF with ``approx_index="ivf"``, on the
+features as they are) is refused: use ``"hnsw"`` (or ``method="ivf", backend="faiss"``) with
+``reduce_dim=0`` for that search.
 
 The approximate methods first project the features to ``reduce_dim`` dimensions (PCA fitted
 on a sample, or a random projection; default 256 when ``D > 256``, ``0`` = off), search
@@ -37,11 +39,12 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
+
+from robustreid.errors import UserError
 
 from .ann import fit_projection, ivf_knn, neighbour_order, project, refine_knn
 from .arrays import num_rows, open_features, validate_features
@@ -52,12 +55,12 @@ try:  # faiss is optional
 except ImportError:  # pragma: no cover - exercised only without faiss
     faiss = None
 
-__all__ = ["knn", "faiss_available", "validate_features", "choose_method", "AUTO_EXACT_MAX_ROWS",
-           "AUTO_GPU_FACTOR", "KNN_METHODS"]
+__all__ = ["knn", "faiss_available", "validate_features", "choose_method", "check_knn_method",
+           "AUTO_EXACT_MAX_ROWS", "AUTO_GPU_FACTOR", "KNN_METHODS"]
 
 logger = logging.getLogger(__name__)
 
-KNN_METHODS = ("auto", "exact", "ivf", "hnsw", "approx")
+KNN_METHODS = ("auto", "exact", "ivf", "hnsw")
 _BACKENDS = ("auto", "faiss", "torch")
 # "auto" searches exactly up to this many rows of 2048 dimensions on the CPU (the exact search
 # of 50,000 x 2048 features takes about 1 minute on 2 CPU cores, against about 15 s for the
@@ -70,6 +73,22 @@ AUTO_GPU_FACTOR = 100
 # default dimension of the projection before an approximate search, and its candidates
 DEFAULT_REDUCE_DIM = 256
 DEFAULT_CANDIDATES = 100
+
+
+def check_knn_method(method: str, name: str = "method") -> None:
+    """Raise unless ``method`` is one of :data:`KNN_METHODS` (``name``: the argument's name,
+    for the message).
+
+    Raises:
+        UserError: ``"approx"``, the older name, with what replaces it.
+        ValueError: any other unknown method.
+    """
+    if method == "approx":
+        raise UserError(f"{name}='approx' is no longer accepted: it meant faiss' HNSW graph on "
+                        f"the features as they are, now {name}='hnsw' with reduce_dim=0; "
+                        f"{name}='ivf' is the torch IVF search")
+    if method not in KNN_METHODS:
+        raise ValueError(f"{name} must be one of {KNN_METHODS}, got {method!r}")
 
 
 def faiss_available() -> bool:
@@ -213,7 +232,6 @@ def knn(
     device: torch.device | str | None = None,
     chunk_size: int = 4096,
     backend: str = "auto",
-    approx_index: str = "hnsw",
     hnsw_m: int = 32,
     ef_search: int | None = None,
     nlist: int | None = None,
@@ -231,21 +249,19 @@ def knn(
         features: ``(N, D)`` float numpy array (float16 / float32, memory maps included), torch
             tensor (any device) or path of a ``.npy`` file. Not modified.
         k: number of neighbours, ``1 <= k <= N``.
-        method: ``"auto"``, ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"approx"`` (module
-            docstring).
+        method: ``"auto"``, ``"exact"``, ``"ivf"`` or ``"hnsw"`` (module docstring).
         device: torch device of the products (e.g. ``"cuda:0"``); ``None``: the tensor's own
             device, else CPU.
         chunk_size: query rows per matrix product in the exact torch backend (memory
             ``chunk_size * N`` floats on ``device``).
         backend: ``"auto"``, ``"faiss"`` or ``"torch"``.
-        approx_index: ``"hnsw"`` or ``"ivf"``, the faiss index of ``method="approx"``.
         hnsw_m, ef_search: HNSW parameters.
         nlist, nprobe: IVF cells and cells searched (defaults: see
             :func:`robustreid.clustering.ann.ivf_knn` for the torch backend; faiss:
             ``round(4 sqrt(N))`` and ``max(8, nlist // 16)``).
         seed: seed of every random choice (samples, k-means, random projection).
         reduce_dim: dimension the approximate methods search in (``None``: 256 when
-            ``D > 256`` for ``ivf`` / ``hnsw``, no projection for ``approx``; ``0``: none).
+            ``D > 256``; ``0``: none).
         projection: ``"pca"`` (fitted on 32,768 sampled rows) or ``"random"``.
         refine: re-rank the candidates by exact distances in ``D`` dimensions (``None``: when a
             projection is used).
@@ -261,8 +277,7 @@ def knn(
     features = open_features(features)
     if check_finite:
         validate_features(features)
-    if method not in KNN_METHODS:
-        raise ValueError(f"method must be one of {KNN_METHODS}, got {method!r}")
+    check_knn_method(method)
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     n, dim = num_rows(features), int(features.shape[1])
@@ -280,19 +295,6 @@ def knn(
         raise ValueError("backend='faiss' requested but faiss is not installed")
     if method == "auto":
         method = choose_method(n, dim, dev)
-    if method == "approx":
-        if approx_index not in ("hnsw", "ivf"):
-            raise ValueError(f"approx_index must be 'hnsw' or 'ivf', got {approx_index!r}")
-        if faiss is None or (backend == "torch"):
-            warnings.warn(
-                "method='approx' needs faiss; falling back to the exact torch search",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            method = "exact"
-        else:
-            method, backend = approx_index, "faiss"
-            reduce_dim = 0 if reduce_dim is None else reduce_dim
     if method == "exact":
         use_faiss = backend == "faiss" or (
             backend == "auto" and faiss is not None and dev.type == "cpu"

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from robustreid.clustering.camera import camera_normalize
+from robustreid.clustering.knn import check_knn_method
 from robustreid.clustering.pseudo_labels import pseudo_labels
 
 
@@ -57,8 +58,8 @@ class ClusteringLabeller:
         eps: DBSCAN radius on the Jaccard distance, in (0, 1).
         min_samples: DBSCAN core-point size.
         k1, k2: k-reciprocal neighbourhood sizes (InfoMap: ``k1`` links per image).
-        knn_method: ``auto``, ``exact``, ``ivf``, ``hnsw`` or ``approx`` nearest-neighbour
-            search (:func:`robustreid.clustering.knn`).
+        knn_method: ``auto``, ``exact``, ``ivf`` or ``hnsw`` nearest-neighbour search
+            (:func:`robustreid.clustering.knn`).
         camids: (N,) camera ids of the training images, to subtract each camera's mean
             feature first (``None``: no camera normalisation).
         device: where the kNN search runs.
@@ -70,13 +71,14 @@ class ClusteringLabeller:
     """
 
     def __init__(self, eps: float, min_samples: int, k1: int, k2: int,
-                 knn_method: str = "exact", camids: Sequence[int] | None = None,
+                 knn_method: str = "auto", camids: Sequence[int] | None = None,
                  device: torch.device | None = None, *, method: str = "dbscan",
                  knn_options: Mapping[str, Any] | None = None,
                  feature_dtype: str = "float32", infomap_min_sim: float = 0.5,
                  infomap_min_size: int = 2) -> None:
         if feature_dtype not in ("float32", "float16"):
             raise ValueError(f"feature_dtype must be float32 or float16, got {feature_dtype!r}")
+        check_knn_method(knn_method, "knn_method")
         self.eps, self.min_samples, self.k1, self.k2 = eps, min_samples, k1, k2
         self.knn_method = knn_method
         self.camids = None if camids is None else torch.as_tensor(list(camids))

@@ -17,7 +17,7 @@ from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
 from .graph_clustering import infomap_labels
 from .jaccard import _jaccard_core, check_k
-from .knn import _resolve_device, choose_method, knn
+from .knn import _resolve_device, check_knn_method, choose_method, knn
 from .progress import Step
 
 __all__ = ["pseudo_labels", "dbscan_sparse", "dbscan_graph", "relabel_consecutive",
@@ -104,7 +104,7 @@ def pseudo_labels(
     k1: int = 30,
     k2: int = 6,
     *,
-    knn_method: str = "exact",
+    knn_method: str = "auto",
     device: torch.device | str | None = None,
     method: str = "dbscan",
     knn_options: Mapping[str, Any] | None = None,
@@ -128,7 +128,8 @@ def pseudo_labels(
         min_samples: DBSCAN ``min_samples`` (the sample itself included).
         k1, k2: Jaccard neighbourhood sizes, see :func:`robustreid.clustering.jaccard_distance`
             (InfoMap links each row to its ``k1`` nearest neighbours).
-        knn_method: ``"auto"``, ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"approx"``
+        knn_method: ``"auto"`` (exact up to 50,000 rows of 2048 dimensions, see
+            :func:`robustreid.clustering.choose_method`), ``"exact"``, ``"ivf"`` or ``"hnsw"``
             (:func:`robustreid.clustering.knn`).
         device: torch device for the kNN search.
         method: ``"dbscan"`` or ``"infomap"``.
@@ -146,6 +147,7 @@ def pseudo_labels(
     """
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be one of {CLUSTER_METHODS}, got {method!r}")
+    check_knn_method(knn_method, "knn_method")
     if not 0.0 < float(eps) < 1.0:
         raise ValueError(
             f"eps must lie in (0, 1) for the Jaccard distance (pairs not stored are at "

@@ -251,7 +251,7 @@ _SPEC_KEYS = ("arch", "last_stride", "pooling", "gem_p", "neck")
 
 
 def build_model_from_spec(spec: Mapping[str, Any], pretrained: str | None = None) -> ReIDModel:
-    """:func:`build_model` from a ``model`` config section (a dataclass's ``asdict`` or the
+    """:func:`build_model` from a ``model`` config section (its ``config_to_dict`` or the
     ``meta["model"]`` dict of a checkpoint).
 
     Keys used: ``arch`` (required), ``last_stride``, ``pooling``, ``gem_p``, ``neck`` (missing
