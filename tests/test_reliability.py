@@ -177,6 +177,38 @@ def test_resume_applies_and_records_harmless_changes(synth_root, tmp_path, capsy
     assert load_checkpoint(out / "last.pth")["epoch"] == 2
 
 
+def _as_older_version(last: Path, csa_steps: int) -> None:
+    """Rewrite ``last``'s configuration as robustreid wrote it before the method sections and
+    the optimiser keys existed (flat ``method.csa_steps``, no ``train.optimizer``, ...)."""
+    from robustreid.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(last)
+    config = ckpt["config"]
+    method = config.pop("method")
+    config["method"] = {f"{section}_{name}": value for section, values in method.items()
+                        for name, value in values.items() if name != "loss_temperature"}
+    config["method"]["csa_steps"] = csa_steps
+    for key in ("optimizer", "sgd_momentum", "nesterov", "scheduler", "min_lr",
+                "lr_warmup_epochs", "lr_warmup_factor"):
+        del config["train"][key]
+    del config["memory"]["kind"], config["memory"]["options"]
+    save_checkpoint(last, ckpt)
+
+
+def test_a_run_saved_before_keys_were_renamed_resumes(synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(train_args(synth_root, out), capsys)[0] == 0
+    _as_older_version(out / "last.pth", csa_steps=200)  # the value the run uses now
+    code, err = run([*train_args(synth_root, out, "train.epochs=2"), "--resume"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(out / "last.pth")["epoch"] == 2
+    # a renamed key whose value differs is still refused, under its new name
+    _as_older_version(out / "last.pth", csa_steps=7)
+    code, err = run([*train_args(synth_root, out, "train.epochs=3"), "--resume"], capsys)
+    assert code == 2
+    assert "method.csa.steps: 7 in the checkpoint, 200 now" in one_error_line(err)
+
+
 # ----------------------------------------------------------------- images
 def _jpeg(path: Path, seed: int = 0) -> Path:
     pixels = np.random.default_rng(seed).integers(0, 256, (40, 20, 3), np.uint8)

@@ -26,7 +26,7 @@ from robustreid.clustering.labellers import (
     PseudoLabeller,
     SupervisedLabeller,
 )
-from robustreid.config import Config, check_config, config_to_dict
+from robustreid.config import Config, check_config, config_to_dict, upgrade_config_dict
 from robustreid.data.base import (
     DatasetError,
     ReIDData,
@@ -311,7 +311,8 @@ def build_trainer(cfg: Config, model: nn.Module, data: ReIDData, device: torch.d
     meta = model_meta(config["model"], cfg.data.height, cfg.data.width,
                       getattr(model, "feature_dim", 0), IMAGENET_MEAN, IMAGENET_STD)
     checkpointer = Checkpointer(Path(cfg.output_dir), model, optimizer, scheduler, scaler,
-                                aggregator, update, config, meta, device)
+                                aggregator, update, config, meta, device,
+                                upgrade=upgrade_config_dict)
     return Trainer(
         build_settings(cfg, check_replicas), model, device,
         np.array([s.camid for s in data.train], dtype=np.int64), images, extractor, labeller,

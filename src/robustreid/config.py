@@ -62,6 +62,7 @@ __all__ = [
     "config_to_dict",
     "load_config",
     "save_config",
+    "upgrade_config_dict",
 ]
 
 T = TypeVar("T", bound="ConfigSection")
@@ -639,6 +640,34 @@ def config_to_dict(cfg: ConfigSection) -> dict[str, Any]:
     if not isinstance(cfg, ConfigSection):
         raise TypeError(f"expected a config section instance, got {type(cfg).__name__}")
     return _to_plain(cfg.model_dump())
+
+
+def upgrade_config_dict(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's saved configuration (``config_to_dict`` form, possibly written by an older
+    robustreid) in today's layout, for comparing it with the current one on resume: renamed
+    keys (:data:`RENAMED_KEYS`) under their new names, keys that did not exist yet at their
+    defaults (which is how the older code behaved). Not validated."""
+    tree = copy.deepcopy(dict(saved))
+    for old, new in RENAMED_KEYS.items():
+        section, _, name = old.partition(".")
+        if isinstance(tree.get(section), dict) and name in tree[section]:
+            value = tree[section].pop(name)
+            parts = new.split(".")
+            node = tree
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+
+    def fill(defaults: dict[str, Any], values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        out = dict(values)
+        for key, default in defaults.items():
+            out[key] = fill(default, out[key]) if key in out and isinstance(default, dict) \
+                else out.get(key, default)
+        return out
+
+    return fill(config_to_dict(Config()), tree)
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from robustreid.build import build_data, build_model, build_trainer
-from robustreid.config import Config, ConfigError, config_from_dict, config_to_dict, save_config
+from robustreid.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+    upgrade_config_dict,
+)
 from robustreid.data.base import DatasetError
 from robustreid.distributed import is_main_process, local_device, run_on_main
 from robustreid.engine.rundir import RunDirectory
@@ -49,7 +56,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         run = RunDirectory(out)
         held.append(run)
         setup_logging(out / f"{log_name}.log")
-        run.start(config_to_dict(cfg), resume=resume, overwrite=overwrite)
+        run.start(config_to_dict(cfg), resume=resume, overwrite=overwrite,
+                  upgrade=upgrade_config_dict)
 
     try:
         run_on_main(hold_folder, "opening output_dir")  # a refusal stops every process

@@ -24,6 +24,7 @@ from robustreid.distributed import (
     is_initialized,
     is_main_process,
 )
+from robustreid.engine.rundir import ConfigUpgrade
 from robustreid.engine.state import TrainState, rng_state, set_rng_state
 from robustreid.memory.strategies import Aggregator
 
@@ -43,17 +44,20 @@ class Checkpointer:
         meta: the saved model's self-description (:func:`~robustreid.checkpoint.model_meta`).
         device: the process's device (its CUDA generator is saved under a process group).
         metric: the record key ``best.pth`` follows (higher is better).
+        upgrade: brings an older run's saved configuration to the current layout before a
+            resume compares it with ``config`` (:class:`~robustreid.engine.rundir.RunDirectory`).
     """
 
     def __init__(self, out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: Any, scaler: torch.amp.GradScaler, aggregator: Aggregator,
                  update: Any, config: dict[str, Any], meta: dict[str, Any],
-                 device: torch.device, metric: str = "mAP") -> None:
+                 device: torch.device, metric: str = "mAP",
+                 upgrade: ConfigUpgrade | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.model, self.optimizer, self.scheduler, self.scaler = (model, optimizer,
                                                                    scheduler, scaler)
         self.aggregator, self.update = aggregator, update
-        self.config, self.meta, self.metric = config, meta, metric
+        self.config, self.meta, self.metric, self.upgrade = config, meta, metric, upgrade
         self._cuda = device if is_initialized() and device.type == "cuda" else None
 
     @property

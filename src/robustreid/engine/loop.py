@@ -107,7 +107,8 @@ class Trainer:
         def start_on_main() -> tuple[dict[str, Any] | None, Path | None]:
             if held[0] is None:
                 held[0] = RunDirectory.open(self.settings.out_dir, self.checkpointer.config,
-                                            resume=resume, overwrite=overwrite)
+                                            resume=resume, overwrite=overwrite,
+                                            upgrade=self.checkpointer.upgrade)
             return held[0].checkpoint, held[0].resume_path
 
         checkpoint, resume_path = run_on_main(start_on_main, "opening the output folder")

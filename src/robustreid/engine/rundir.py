@@ -25,7 +25,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,9 @@ RUN_DIRS = ("tensorboard",)
 # are whole sections or prefixes. Every other setting defines the run (the model and its
 # weights' shapes, the data and image size, the seed, the optimiser and schedule whose
 # state the checkpoint carries, the method and its modules' shapes) and is refused.
+#: brings a saved configuration dict to the current layout (renamed keys, new defaults)
+ConfigUpgrade = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
 RESUME_APPLIES = (
     "train.epochs", "train.eval_every", "train.log_every", "train.iters", "train.batch_size",
     "train.num_instances", "train.prefer_cross_camera", "train.flip_p", "train.padding",
@@ -170,24 +173,27 @@ class RunDirectory:
 
     @classmethod
     def open(cls, path: str | Path, config: Mapping[str, Any], *, resume: bool = False,
-             overwrite: bool = False) -> RunDirectory:
+             overwrite: bool = False, upgrade: ConfigUpgrade | None = None) -> RunDirectory:
         """:class:`RunDirectory` ``(path)`` then :meth:`start`; the lock is released if the
         start is refused."""
         run = cls(path)
         try:
-            run.start(config, resume=resume, overwrite=overwrite)
+            run.start(config, resume=resume, overwrite=overwrite, upgrade=upgrade)
         except BaseException:
             run.close()
             raise
         return run
 
     def start(self, config: Mapping[str, Any], *, resume: bool = False,
-              overwrite: bool = False) -> None:
+              overwrite: bool = False, upgrade: ConfigUpgrade | None = None) -> None:
         """Decide how the run starts in the (held) folder.
 
         Args:
             config: the current configuration (``config_to_dict`` form), checked against
                 the checkpoint's when resuming.
+            upgrade: brings the checkpoint's configuration (perhaps saved by an older
+                version, with keys since renamed) to the current layout before the check
+                (:func:`robustreid.config.upgrade_config_dict`).
             resume: continue the run in the folder (a fresh start when it holds none).
             overwrite: delete the run files in the folder and start afresh.
 
@@ -201,7 +207,7 @@ class RunDirectory:
             raise UserError("resume and overwrite exclude each other: resume continues the "
                             "run in the folder, overwrite deletes it")
         if resume:
-            self._prepare_resume(config)
+            self._prepare_resume(config, upgrade)
         elif overwrite:
             self._delete(run_files(self.path))
         elif results := run_files(self.path, RESULT_FILES):
@@ -250,13 +256,16 @@ class RunDirectory:
         for tmp in self.path.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
 
-    def _prepare_resume(self, config: Mapping[str, Any]) -> None:
+    def _prepare_resume(self, config: Mapping[str, Any], upgrade: ConfigUpgrade | None
+                        ) -> None:
         found = find_resume_checkpoint(self.path)
         if found is None:
             logger.info("--resume: %s holds no checkpoint; starting afresh", self.path)
             return
         self.resume_path, self.checkpoint = found
         saved = self.checkpoint.get("config") or {}
+        if upgrade is not None:
+            saved = upgrade(saved)
         self.applied, refused = resume_changes(saved, config)
         if refused:
             shown = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now"
