@@ -85,6 +85,9 @@ VARIANTS = [
     ("trimmed_hard", "alternative: mean init, hardest sample of the more typical half "
      "(cosine to the cluster mean)", "train", ["memory.init=mean", "memory.update=trimmed_hard"],
      True),
+    ("camera_proxies", "camera-aware proxies: mean init, `mean` update, a proxy per (cluster, "
+     "camera) with intra- and inter-camera terms", "train",
+     ["memory.init=mean", "memory.update=mean", "memory.kind=camera_proxies"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]

@@ -33,13 +33,15 @@ class ToyMemory(nn.Module):
     def init_prototypes(self, prototypes: torch.Tensor) -> None:
         self.prototypes.copy_(F.normalize(prototypes.float(), dim=1))
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor,
+                indices: torch.Tensor | None = None) -> torch.Tensor:
         self.losses += 1
         cos = (F.normalize(inputs, dim=1) * self.prototypes[targets]).sum(dim=1)
         return self.scale * (1.0 - cos).mean()
 
     @torch.no_grad()
-    def update(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def update(self, inputs: torch.Tensor, targets: torch.Tensor,
+               indices: torch.Tensor | None = None) -> torch.Tensor:
         self.updates += 1
         self.prototypes[targets] = F.normalize(inputs.float(), dim=1)
         return torch.arange(inputs.shape[0])

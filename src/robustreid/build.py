@@ -9,6 +9,7 @@ algorithms) reads a configuration. Override a builder to change one part (fast-r
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -156,12 +157,25 @@ def build_strategies(cfg: Config, aggregator: Aggregator, feature_dim: int
     return init, update
 
 
-def build_memory_factory(cfg: Config) -> MemoryFactory:
+def build_memory_factory(cfg: Config, data: ReIDData) -> MemoryFactory:
     """``(D, C, update mode) -> memory``: the ``memory.kind`` class (a
     :data:`~robustreid.memory.MEMORIES` entry) with ``memory.temperature``,
-    ``memory.momentum`` and ``memory.options``."""
+    ``memory.momentum`` and ``memory.options``, checked now: options the class does not take,
+    and a memory that needs cameras on data with one camera, are refused."""
     mc = cfg.memory
     cls = MEMORIES.get(mc.kind)
+    try:
+        inspect.signature(cls).bind(1, 1, temperature=mc.temperature, momentum=mc.momentum,
+                                    update="mean", **mc.options)
+    except TypeError as err:
+        raise UserError(f"memory.options={mc.options!r} do not fit memory.kind={mc.kind} "
+                        f"({cls.__name__}): {err}") from None
+    cameras = {s.camid for s in data.train}
+    if getattr(cls, "needs_cameras", False) and len(cameras) < 2:
+        raise UserError(f"memory.kind={mc.kind} needs images from several cameras, but the "
+                        f"training split of {data.name!r} has {len(cameras)} camera(s): use "
+                        "memory.kind=cluster, or give the images their camera ids (README, "
+                        "'Your own images')")
 
     def make(num_features: int, num_clusters: int, mode: str) -> nn.Module:
         return cls(num_features, num_clusters, temperature=mc.temperature,
@@ -276,6 +290,7 @@ def build_trainer(cfg: Config, model: nn.Module, data: ReIDData, device: torch.d
     check_config(cfg)  # rules between fields, before any expensive work
     world, rank = get_world_size(), get_rank()
     _check_world(cfg, world)
+    make_memory = build_memory_factory(cfg, data)  # its options checked before any work
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -313,10 +328,11 @@ def build_trainer(cfg: Config, model: nn.Module, data: ReIDData, device: torch.d
     checkpointer = Checkpointer(Path(cfg.output_dir), model, optimizer, scheduler, scaler,
                                 aggregator, update, config, meta, device,
                                 upgrade=upgrade_config_dict)
+    camids = np.array([s.camid for s in data.train], dtype=np.int64)
     return Trainer(
-        build_settings(cfg, check_replicas), model, device,
-        np.array([s.camid for s in data.train], dtype=np.int64), images, extractor, labeller,
-        MemoryStage(build_memory_factory(cfg), init, update, aggregator, cfg.seed, device),
+        build_settings(cfg, check_replicas), model, device, camids, images, extractor, labeller,
+        MemoryStage(make_memory, init, update, aggregator, cfg.seed, device,
+                    torch.as_tensor(camids)),
         TrainStep(train_model, optimizer, scaler, amp, world, rank),
         BatchAugment(flip_p=cfg.train.flip_p, padding=cfg.train.padding,
                      erasing_p=cfg.train.erasing_p),

@@ -41,12 +41,15 @@ class MemoryStage:
             needs it, on rank 0, and handed to every process).
         seed: the run's seed (SAA's training draws from ``(seed, epoch)``).
         device: where the memory lives.
+        camids: (N,) camera of every training sample, for memories with a ``begin_epoch``.
     """
 
     def __init__(self, make_memory: MemoryFactory, init: PrototypeInit, update: MemoryUpdate,
-                 aggregator: Aggregator, seed: int, device: torch.device) -> None:
+                 aggregator: Aggregator, seed: int, device: torch.device,
+                 camids: torch.Tensor | None = None) -> None:
         self.make_memory, self.init, self.update = make_memory, init, update
         self.aggregator, self.seed, self.device = aggregator, seed, device
+        self.camids = camids
 
     def strategies(self, labels: EpochLabels) -> tuple[PrototypeInit, MemoryUpdate]:
         """(init, update) for an epoch with ``labels``: the configured ones, or the mean in
@@ -81,5 +84,8 @@ class MemoryStage:
             self.aggregator.load_state_dict(saa_state)
         record.update(stats)
         memory.init_prototypes(prototypes)
+        begin_epoch = getattr(memory, "begin_epoch", None)
+        if begin_epoch is not None:  # e.g. per-camera proxies
+            begin_epoch(features, targets, self.camids)
         update.begin_epoch(features, targets)
         return memory, update

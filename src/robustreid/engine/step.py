@@ -65,7 +65,7 @@ class TrainStep:
         feats, loss = contrastive_step(self.model, memory, images, targets, self.optimizer,
                                        self.scaler, self.amp,
                                        extra_loss=getattr(update, "loss", None),
-                                       loss_scale=loss_scale)
+                                       loss_scale=loss_scale, indices=rows.to(images.device))
         feats, targets, rows, loss_value = self.global_batch(feats, targets, rows, loss,
                                                              batch_size)
         updated = update(memory, feats, targets, rows.to(feats.device))
@@ -101,6 +101,7 @@ def contrastive_step(
     amp: bool,
     extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     loss_scale: float = 1.0,
+    indices: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step of the backbone: the memory's loss (InfoNCE against the cluster
     prototypes for :class:`~robustreid.memory.ClusterMemory`) of the batch.
@@ -118,6 +119,7 @@ def contrastive_step(
         loss_scale: factor of the loss that is backpropagated (not of the one returned);
             under DDP ``world * B_local / B_global``, so that the averaged gradients are
             those of the global batch's mean loss when the shares differ in size.
+        indices: ``B`` training-split rows of the batch, handed to the memory's loss.
 
     Returns:
         The batch features (``B x D`` float32, detached) for the momentum update, and the loss
@@ -125,7 +127,7 @@ def contrastive_step(
     """
     with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
         feats = model(images)
-    loss = memory(feats.float(), targets)
+    loss = memory(feats.float(), targets, indices)
     if extra_loss is not None:
         loss = loss + extra_loss(memory, feats.float(), targets)
     optimizer.zero_grad(set_to_none=True)

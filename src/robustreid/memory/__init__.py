@@ -1,7 +1,9 @@
 """Cluster memory: unit-norm cluster prototypes, the cluster-level contrastive loss and the
 explicit momentum update the trainer calls after each optimiser step; memories by name."""
 
+from robustreid.memory.camera_proxies import CameraProxyMemory
 from robustreid.memory.cluster_memory import ClusterMemory, UpdateMode, cluster_means
 from robustreid.memory.registry import MEMORIES, register_memory
 
-__all__ = ["MEMORIES", "ClusterMemory", "UpdateMode", "cluster_means", "register_memory"]
+__all__ = ["MEMORIES", "CameraProxyMemory", "ClusterMemory", "UpdateMode", "cluster_means",
+           "register_memory"]

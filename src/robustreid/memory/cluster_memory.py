@@ -159,13 +159,15 @@ class ClusterMemory(nn.Module):
         self.prototypes.copy_(normed)
 
     # ------------------------------------------------------------------ loss
-    def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:
+    def forward(self, inputs: Tensor, targets: Tensor, indices: Tensor | None = None) -> Tensor:
         """Cluster-level contrastive loss.
 
         Args:
             inputs: ``B x D`` L2-normalised features (any floating dtype; under autocast the
                 matmul runs in the autocast dtype).
             targets: ``B`` int64 cluster indices in ``[0, num_clusters)``.
+            indices: ``B`` rows of the samples in the epoch's training split (unused here;
+                memories that keep per-sample state, e.g. per-camera proxies, read them).
 
         Returns:
             Scalar: mean over the batch of the cross-entropy of
@@ -184,7 +186,7 @@ class ClusterMemory(nn.Module):
 
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
-    def update(self, inputs: Tensor, targets: Tensor) -> Tensor:
+    def update(self, inputs: Tensor, targets: Tensor, indices: Tensor | None = None) -> Tensor:
         """Momentum-update the prototypes of the batch's clusters (mode ``self.mode``).
 
         Call after the optimiser step. ``mean``: every row updates its cluster, in batch order
@@ -196,6 +198,8 @@ class ClusterMemory(nn.Module):
         Args:
             inputs: ``B x D`` features (normally L2-normalised), any floating dtype.
             targets: ``B`` integer cluster indices in ``[0, num_clusters)``.
+            indices: ``B`` training-split rows of the samples (unused here, see
+                :meth:`forward`).
 
         Returns:
             The positions of the rows that updated a prototype (int64, in the gathered batch

@@ -2,8 +2,11 @@
 
 A memory class is constructed per epoch as ``cls(num_features, num_clusters, temperature=...,
 momentum=..., update=mode, **memory.options)`` and must provide ``prototypes`` (C, D),
-``init_prototypes(prototypes)``, a loss ``forward(feats (B, D), targets (B,)) -> scalar``
-and ``update(feats, targets) -> positions`` (see :class:`~robustreid.memory.ClusterMemory`).
+``init_prototypes(prototypes)``, a loss ``forward(feats (B, D), targets (B,), indices (B,))
+-> scalar`` and ``update(feats, targets, indices) -> positions`` (``indices``: the samples'
+rows in the epoch's training split; see :class:`~robustreid.memory.ClusterMemory`). It may
+define ``begin_epoch(features (N, D), labels (N,), camids (N,))``, called after the
+prototypes are set, and ``needs_cameras = True`` (then data with one camera is refused).
 Add one with::
 
     from robustreid.memory import register_memory
@@ -15,6 +18,7 @@ Add one with::
 
 from __future__ import annotations
 
+from robustreid.memory.camera_proxies import CameraProxyMemory
 from robustreid.memory.cluster_memory import ClusterMemory
 from robustreid.registry import Registry
 
@@ -22,3 +26,4 @@ MEMORIES: Registry = Registry("memory")
 register_memory = MEMORIES.register
 
 register_memory("cluster")(ClusterMemory)
+register_memory("camera_proxies")(CameraProxyMemory)

@@ -179,7 +179,7 @@ class MeanUpdate:
 
     def __call__(self, memory: ClusterMemory, feats: Tensor, targets: Tensor,
                  indices: Tensor) -> Tensor:
-        return memory.update(feats, targets)
+        return memory.update(feats, targets, indices)
 
     def epoch_stats(self) -> dict[str, float]:
         return {}
