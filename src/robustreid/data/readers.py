@@ -204,7 +204,8 @@ def synthperson(
 
     Args:
         folder: the set's folder under ``ROOT``, e.g. ``synthperson_market`` for the
-            Market-sized set (``robustreid synth --preset market``).
+            Market-sized set (``robustreid synth --preset market``). Cameras 10-15 of the
+            MSMT17-like presets are named ``c10``-``c15`` and read as camids 9-14.
     """
     check_options("synthperson", options, ())
     check_option_types("synthperson", {"verify_images": (verify_images, *BOOL),

@@ -8,9 +8,16 @@ from dataclasses import dataclass
 
 from robustreid.errors import UserError
 
-PRESETS: tuple[str, ...] = ("default", "market")
-"""Names :meth:`SynthConfig.from_preset` knows: ``SynthConfig()`` and
-:meth:`SynthConfig.market`."""
+PRESETS: tuple[str, ...] = ("default", "market", "msmt", "msmt-small")
+"""Names :meth:`SynthConfig.from_preset` knows: ``SynthConfig()``, :meth:`SynthConfig.market`,
+:meth:`SynthConfig.msmt` and :meth:`SynthConfig.msmt_small`."""
+
+CAMERA_SCENES: tuple[str, ...] = ("uniform", "msmt")
+"""Values of :attr:`SynthConfig.camera_scenes`."""
+
+MAX_CAMERAS = 15
+"""Most cameras a set may have (MSMT17's 15); the file name ``PPPP_cCsS_...`` writes the
+camera number with as many digits as it needs (``c12s3``)."""
 
 # fields a FIELD=VALUE setting may not change (they have flags of their own)
 _NOT_SETTABLE: tuple[str, ...] = ("seed", "images_per_camera")
@@ -23,7 +30,8 @@ class SynthConfig:
     Attributes:
         num_train_ids: identities in ``bounding_box_train``.
         num_test_ids: identities in ``query``/``bounding_box_test`` (disjoint from train).
-        num_cameras: cameras (at most 9, the Market name has one camera digit).
+        num_cameras: cameras, 2 to 15 (:data:`MAX_CAMERAS`); cameras 10-15 are written
+            ``c10``-``c15`` in the file name.
         images_per_camera: inclusive ``(min, max)`` images per (identity, camera) in train
             and in the gallery (uniform).
         camera_prob: probability that an identity appears in a given camera.
@@ -62,11 +70,25 @@ class SynthConfig:
             upsampled to the output size).
         lowres_scale: capture resolution of those cameras as a fraction of the output size
             (about +-15 % per camera).
+        camera_scenes: ``"uniform"`` (every camera the same kind of scene, the generator's
+            original cameras) or ``"msmt"`` (MSMT17-like: a campus of indoor and outdoor
+            cameras; indoor ones under artificial light, dimmer, noisier and less
+            saturated, with walls, tiles and windows; outdoor ones in daylight with a
+            wider brightness spread, bricks, foliage and walls; see
+            :func:`robustreid.synth.cameras.make_cameras`).
+        indoor_fraction: with ``camera_scenes="msmt"``, the fraction of indoor cameras
+            (rounded, at least one; MSMT17 has 3 indoor cameras of 15).
+        time_of_day_spread: strength of the lighting of the time of day: every identity
+            (and every distractor) is recorded in one session, morning, noon or
+            afternoon, and the session changes the colour and brightness of all its
+            images (1 = morning cool and ~20 % darker, noon ~20 % brighter, afternoon
+            warm; each camera responds differently, indoor cameras about a fifth as
+            much). 0 = no sessions.
         num_workers: worker processes for rendering (0 or 1 = in-process).
 
-    The fields from ``lookalike_detail_prob`` to ``lowres_scale`` switch on the hard cases
-    of real data; at their defaults the output is byte-identical to the generator before
-    they existed (and they are left out of ``synthperson.json``).
+    The fields from ``lookalike_detail_prob`` to ``time_of_day_spread`` switch on the hard
+    cases of real data; at their defaults the output is byte-identical to the generator
+    before they existed (and they are left out of ``synthperson.json``).
     """
 
     num_train_ids: int = 200
@@ -91,6 +113,9 @@ class SynthConfig:
     camera_blur: float = 0.0
     lowres_cameras: int = 0
     lowres_scale: float = 0.5
+    camera_scenes: str = "uniform"
+    indoor_fraction: float = 0.2
+    time_of_day_spread: float = 0.0
     num_workers: int = 2
 
     def __post_init__(self) -> None:
@@ -98,8 +123,9 @@ class SynthConfig:
             raise ValueError("num_train_ids and num_test_ids must be >= 1")
         if self.num_train_ids + self.num_test_ids > 9999:
             raise ValueError("at most 9999 identities fit the 4-digit Market pid")
-        if not 2 <= self.num_cameras <= 9:
-            raise ValueError("num_cameras must be in [2, 9]")
+        if not 2 <= self.num_cameras <= MAX_CAMERAS:
+            raise ValueError(f"num_cameras must be in [2, {MAX_CAMERAS}], "
+                             f"got {self.num_cameras}")
         if not 2 <= self.min_cameras <= self.num_cameras:
             raise ValueError("min_cameras must be in [2, num_cameras]")
         lo, hi = self.images_per_camera
@@ -125,6 +151,13 @@ class SynthConfig:
             raise ValueError("lowres_cameras must be in [0, num_cameras]")
         if not 0.1 <= self.lowres_scale <= 1.0:
             raise ValueError("lowres_scale must be in [0.1, 1]")
+        if self.camera_scenes not in CAMERA_SCENES:
+            raise ValueError(f"camera_scenes must be one of {', '.join(CAMERA_SCENES)}, "
+                             f"got {self.camera_scenes!r}")
+        if not 0.0 <= self.indoor_fraction <= 1.0:
+            raise ValueError(f"indoor_fraction must be in [0, 1], got {self.indoor_fraction}")
+        if self.time_of_day_spread < 0:
+            raise ValueError(f"time_of_day_spread must be >= 0, got {self.time_of_day_spread}")
 
     @classmethod
     def small(cls, seed: int = 0, **overrides: object) -> SynthConfig:
@@ -163,17 +196,64 @@ class SynthConfig:
         return cls(**base)  # type: ignore[arg-type]
 
     @classmethod
+    def msmt(cls, seed: int = 0, **overrides: object) -> SynthConfig:
+        """MSMT17's shape and character at about a third of its size (~32,000 images; ~2-3
+        min on 2 cores).
+
+        MSMT17: 1,041 train identities in 32,621 images; 3,060 test identities with 11,659
+        queries and 82,161 gallery images (no distractors); 15 cameras, 3 indoor and 12
+        outdoor, recorded in the morning, at noon and in the afternoon, with strong
+        lighting and colour differences and several resolutions. Here: 1,041 train and
+        1,020 test identities (a third of MSMT17's), 15 cameras (3 indoor, 12 outdoor:
+        ``camera_scenes="msmt"``), every identity recorded in one session whose time of
+        day changes its lighting (``time_of_day_spread=1``), 5 low-resolution cameras,
+        128 x 64 crops. An identity appears in each camera with probability 0.3 (at least
+        2, ~4.6 cameras on average) with 1-5 images per camera (~14 per identity, MSMT17
+        has ~31), up to 4 queries (one per camera, ~3.6 per identity, MSMT17 3.8), no
+        distractors; for seed 0 this plans 1,041 / 14,399 train, 1,020 / 3,632 query and
+        1,020 / 13,875 gallery images (31,906 in all). The Market preset's hard cases are
+        on too (look-alike families, pedestrians occluding pedestrians, detector crop
+        errors, colour casts, camera blur). ``overrides`` replace any field.
+        """
+        base: dict[str, object] = dict(
+            num_train_ids=1041, num_test_ids=1020, num_cameras=15, images_per_camera=(1, 5),
+            camera_prob=0.3, min_cameras=2, max_query_cameras=4, height=128, width=64,
+            num_distractors=0, seed=seed, nuisance=1.0, lookalike_rate=0.4,
+            lookalike_detail_prob=0.5, person_occlusion_prob=0.15, crop_error_prob=0.2,
+            crop_error_strength=1.0, color_cast=1.0, camera_blur=0.8, lowres_cameras=5,
+            lowres_scale=0.5, camera_scenes="msmt", indoor_fraction=0.2,
+            time_of_day_spread=1.0, num_workers=2,
+        )
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]
+
+    @classmethod
+    def msmt_small(cls, seed: int = 0, **overrides: object) -> SynthConfig:
+        """:meth:`msmt` with 300 train and 300 test identities, for CPU ablations (~9,300
+        images; about a minute on 2 cores).
+
+        Same cameras, scenes, sessions and per-identity counts as :meth:`msmt`; for seed 0
+        it plans 300 / 4,032 train, 300 / 1,070 query and 300 / 4,159 gallery images
+        (9,261 in all).
+        ``overrides`` replace any field.
+        """
+        base: dict[str, object] = dict(num_train_ids=300, num_test_ids=300)
+        base.update(overrides)
+        return cls.msmt(seed=seed, **base)
+
+    @classmethod
     def from_preset(cls, preset: str = "default", seed: int = 0, settings: Sequence[str] = (),
                     **changes: object) -> SynthConfig:
         """The config of ``preset`` with ``changes``, then ``settings``, replacing its fields.
 
         Args:
             preset: one of :data:`PRESETS`: ``"default"`` (``SynthConfig(seed=seed)``, the
-                demo set) or ``"market"`` (:meth:`market`).
+                demo set), ``"market"`` (:meth:`market`), ``"msmt"`` (:meth:`msmt`) or
+                ``"msmt-small"`` (:meth:`msmt_small`).
             seed: the master seed.
             settings: ``"FIELD=VALUE"`` texts (``robustreid synth --set``), any field but
-                ``seed`` and ``images_per_camera``; VALUE is parsed as the field's type (int
-                or float). They are applied after ``changes``.
+                ``seed`` and ``images_per_camera``; VALUE is parsed as the field's type (int,
+                float or, for ``camera_scenes``, text). They are applied after ``changes``.
             changes: field values, as :func:`dataclasses.replace` takes them.
 
         Raises:
@@ -184,6 +264,10 @@ class SynthConfig:
         """
         if preset == "market":
             base = cls.market(seed=seed)
+        elif preset == "msmt":
+            base = cls.msmt(seed=seed)
+        elif preset == "msmt-small":
+            base = cls.msmt_small(seed=seed)
         elif preset == "default":
             base = cls(seed=seed)
         else:
@@ -197,7 +281,7 @@ class SynthConfig:
                 known = ", ".join(n for n in fields if n not in _NOT_SETTABLE)
                 raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
                                 f"{known} (use --seed and --images-per-camera for those)")
-            kind = type(getattr(base, name))  # int or float
+            kind = type(getattr(base, name))  # int, float or str
             try:
                 changes[name] = kind(text)
             except ValueError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from robustreid.synth.cameras import BACKGROUNDS, OCCLUDERS, VIEWS, CameraProfile
+from robustreid.synth.cameras import OCCLUDERS, VIEWS, CameraProfile
 from robustreid.synth.drawing import Body, apply_body_shading, draw_person, lowfreq
 from robustreid.synth.people import PersonAttributes, sample_attributes
 
@@ -29,7 +29,8 @@ def _background(rng: np.random.Generator, cam: CameraProfile, h: int, w: int) ->
     c2 = np.clip(c1 + rng.normal(0, 40) + rng.normal(0, 8, 3), 10, 245).astype(np.float32)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     ox, oy = rng.uniform(0, 100, 2)
-    kind = cam.background if rng.random() < 0.5 else BACKGROUNDS[int(rng.integers(5))]
+    pool = cam.background_pool  # BACKGROUNDS unless the camera is an indoor/outdoor scene
+    kind = cam.background if rng.random() < 0.5 else pool[int(rng.integers(len(pool)))]
     if kind == "bricks":
         bh = h / rng.uniform(14, 20)
         bw = bh * 2.2

@@ -2,7 +2,9 @@
 rendering and the atomic hand-over of the finished folder.
 
 Layout written by :func:`generate_synthperson` (Market-1501 naming,
-``PPPP_cCsS_FFFFFF_NN.jpg``, pid and camera 1-based, distractors pid ``0000``)::
+``PPPP_cCsS_FFFFFF_NN.jpg``, pid and camera 1-based, distractors pid ``0000``; cameras 10-15
+take two digits, ``0001_c12s3_000123_01.jpg``, which
+:func:`robustreid.data.base.parse_market_name` reads as camid 11)::
 
     out_dir/
         bounding_box_train/   train identities (disjoint from test)
@@ -30,7 +32,13 @@ import numpy as np
 from PIL import Image
 
 from robustreid.errors import UserError
-from robustreid.synth.cameras import VIEWS, CameraProfile, make_cameras
+from robustreid.synth.cameras import (
+    TIMES_OF_DAY,
+    VIEWS,
+    CameraProfile,
+    at_time_of_day,
+    make_cameras,
+)
 from robustreid.synth.config import SynthConfig
 from robustreid.synth.people import PersonAttributes, build_identities, sample_attributes
 from robustreid.synth.render import crop_error, render_crop
@@ -48,6 +56,7 @@ class _Job:
     bad_crop: bool = False
     occluder: PersonAttributes | None = None  # a pedestrian partly in front
     query: bool = False  # a hand-drawn query box: no detector crop error
+    time_of_day: int = -1  # index of TIMES_OF_DAY the person was recorded at; -1: none
 
 
 _EFFECT_STREAM = 77  # appended to a job's seed for the randomness of the hard cases
@@ -72,7 +81,8 @@ def _run_jobs(jobs: Sequence[_Job], cameras: Sequence[CameraProfile],
         if (config.crop_error_prob > 0 and not job.query and not job.bad_crop
                 and fx.random() < config.crop_error_prob):
             crop = crop_error(fx, config.crop_error_strength)
-        img, _ = render_crop(attrs, cameras[job.camera], rng, config.height, config.width,
+        cam = at_time_of_day(cameras[job.camera], job.time_of_day)
+        img, _ = render_crop(attrs, cam, rng, config.height, config.width,
                              view=job.view, bad_crop=job.bad_crop, crop=crop,
                              occluder=job.occluder, fx=fx)
         with open(job.path, "wb") as fh:
@@ -96,6 +106,14 @@ def _plan(config: SynthConfig, root: Path) -> tuple[list[_Job], dict[str, int]]:
     rng = np.random.default_rng([config.seed, 3000])
     # occluding pedestrians come from their own stream, so the plan itself is unchanged
     occ_rng = np.random.default_rng([config.seed, 4000])
+    # so do the recording sessions (time of day) of identities and distractors
+    time_rng = np.random.default_rng([config.seed, 5000])
+
+    def session() -> int:
+        """The time of day of the next identity or distractor (-1: the set has none)."""
+        if config.time_of_day_spread <= 0:
+            return -1
+        return int(time_rng.integers(len(TIMES_OF_DAY)))
 
     def occluder(people: Sequence[PersonAttributes], me: int) -> PersonAttributes | None:
         """Who walks in front of identity ``people[me]`` (``me`` = -1: a distractor)."""
@@ -130,6 +148,7 @@ def _plan(config: SynthConfig, root: Path) -> tuple[list[_Job], dict[str, int]]:
         for index, attrs in enumerate(ids[split]):
             pid += 1
             cams = cameras_of()
+            when = session()
             qcams = set()
             if split == "test":
                 k = min(config.max_query_cameras, len(cams))
@@ -148,7 +167,8 @@ def _plan(config: SynthConfig, root: Path) -> tuple[list[_Job], dict[str, int]]:
                     v = view if rng.random() < 0.6 else None
                     jobs.append(_Job(str(dirs[dest] / fname), attrs, cam,
                                      (config.seed, 1 + (split == "test"), pid, cam, j), v,
-                                     occluder=occluder(ids[split], index), query=is_query))
+                                     occluder=occluder(ids[split], index), query=is_query,
+                                     time_of_day=when))
                     counts[dest] += 1
     for j in range(config.num_distractors):
         cam = int(rng.integers(n_cam))
@@ -157,7 +177,7 @@ def _plan(config: SynthConfig, root: Path) -> tuple[list[_Job], dict[str, int]]:
         fname = name(0, cam, int(rng.integers(1, 7)), frame, 1 + j % 9)
         jobs.append(_Job(str(dirs["gallery"] / fname), None, cam, (config.seed, 9, j),
                          bad_crop=bool(rng.random() < 0.3),
-                         occluder=occluder(ids["test"], -1)))
+                         occluder=occluder(ids["test"], -1), time_of_day=session()))
         counts["gallery"] += 1
     summary = {
         "num_train_ids": config.num_train_ids,
@@ -179,6 +199,7 @@ def _plan(config: SynthConfig, root: Path) -> tuple[list[_Job], dict[str, int]]:
 _EFFECT_FIELDS: tuple[str, ...] = (
     "lookalike_detail_prob", "person_occlusion_prob", "crop_error_prob",
     "crop_error_strength", "color_cast", "camera_blur", "lowres_cameras", "lowres_scale",
+    "camera_scenes", "indoor_fraction", "time_of_day_spread",
 )
 
 
