@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +12,7 @@ from robustreid.data.base import ReIDData, Sample
 from robustreid.errors import UserError
 from robustreid.memory import CameraProxyMemory
 from tests.conftest import make_trainer, tiny_config
-from tests.test_trainer import killed_at_epoch_2_then_resumed
+from tests.test_trainer import trained_then_killed_and_resumed
 
 # 9 samples: cluster 0 seen in cameras 0 and 1, cluster 1 in cameras 1 and 2, cluster 2 in
 # camera 0 only; sample 8 is an outlier
@@ -135,13 +134,8 @@ def test_single_camera_data_and_unknown_options_are_refused(tiny_data, tmp_path)
 
 
 def test_training_with_camera_proxies_resumes_exactly(tiny_data, tmp_path):
-    extra = ["memory.kind=camera_proxies", "memory.options={hard_negatives: 5}",
-             "train.eval_every=0"]
-    full = make_trainer(tiny_config(tmp_path / "full", *extra), tiny_data)
-    full.fit()
-    trained = [r for r in full.state.history[1:] if not r.get("skipped")]
-    assert trained and all(np.isfinite(r["loss"]) for r in trained)
-    resumed = killed_at_epoch_2_then_resumed(tiny_config(tmp_path / "killed", *extra),
-                                             tiny_data)
+    full, resumed = trained_then_killed_and_resumed(
+        tiny_data, tmp_path, "memory.kind=camera_proxies",
+        "memory.options={hard_negatives: 5}", "train.eval_every=0")
     for key, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)

@@ -69,6 +69,16 @@ def killed_at_epoch_2_then_resumed(cfg, data):
     return resumed
 
 
+def trained_then_killed_and_resumed(data, tmp_path, *extra):
+    """The tiny run with ``extra`` overrides trained through (its trained epochs have finite
+    losses), and the same run killed in epoch 2 and resumed: (full, resumed) trainers."""
+    full = make_trainer(tiny_config(tmp_path / "full", *extra), data)
+    full.fit()
+    trained = [r for r in full.state.history[1:] if not r.get("skipped")]
+    assert trained and all(np.isfinite(r["loss"]) for r in trained)
+    return full, killed_at_epoch_2_then_resumed(tiny_config(tmp_path / "killed", *extra), data)
+
+
 def test_resume_after_kill_mid_epoch_matches_uninterrupted(tiny_data, tmp_path):
     full = make_trainer(tiny_config(tmp_path / "full"), tiny_data)
     full.fit()
@@ -159,16 +169,10 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("init, update", [("csa", "mean"), ("mean", "hps"), ("csa", "hps")])
 def test_method_switches_train_and_resume(tiny_data, tmp_path, init, update):
-    extra = [f"memory.init={init}", f"memory.update={update}", "method.csa.steps=5",
-             "method.csa.clusters_per_step=4", "train.eval_every=0"]
-    full = make_trainer(tiny_config(tmp_path / "full", *extra), tiny_data)
-    full.fit()
+    full, resumed = trained_then_killed_and_resumed(
+        tiny_data, tmp_path, f"memory.init={init}", f"memory.update={update}",
+        "method.csa.steps=5", "method.csa.clusters_per_step=4", "train.eval_every=0")
     assert full.memory_stage.aggregator.saa is not None
-    trained = [r for r in full.state.history[1:] if not r.get("skipped")]
-    assert trained and all(np.isfinite(r["loss"]) for r in trained)
-
-    resumed = killed_at_epoch_2_then_resumed(tiny_config(tmp_path / "killed", *extra),
-                                             tiny_data)
     for key, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
     saa, resumed_saa = full.memory_stage.aggregator.saa, resumed.memory_stage.aggregator.saa

@@ -23,6 +23,14 @@ camera number with as many digits as it needs (``c12s3``)."""
 _NOT_SETTABLE: tuple[str, ...] = ("seed", "images_per_camera")
 
 
+# The hard cases the market and msmt presets switch on (SynthConfig's fields, documented there).
+_HARD_CASES: dict[str, object] = dict(
+    nuisance=1.0, lookalike_rate=0.4, lookalike_detail_prob=0.5, person_occlusion_prob=0.15,
+    crop_error_prob=0.2, crop_error_strength=1.0, color_cast=1.0, camera_blur=0.8,
+    lowres_scale=0.5,
+)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Size, randomness and difficulty of a SynthPerson data set.
@@ -187,10 +195,7 @@ class SynthConfig:
         base: dict[str, object] = dict(
             num_train_ids=751, num_test_ids=750, num_cameras=6, images_per_camera=(1, 7),
             camera_prob=0.73, min_cameras=2, max_query_cameras=6, height=128, width=64,
-            num_distractors=2800, seed=seed, nuisance=1.0, lookalike_rate=0.4,
-            lookalike_detail_prob=0.5, person_occlusion_prob=0.15, crop_error_prob=0.2,
-            crop_error_strength=1.0, color_cast=1.0, camera_blur=0.8, lowres_cameras=2,
-            lowres_scale=0.5, num_workers=2,
+            num_distractors=2800, seed=seed, lowres_cameras=2, num_workers=2, **_HARD_CASES,
         )
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]
@@ -218,11 +223,8 @@ class SynthConfig:
         base: dict[str, object] = dict(
             num_train_ids=1041, num_test_ids=1020, num_cameras=15, images_per_camera=(1, 5),
             camera_prob=0.3, min_cameras=2, max_query_cameras=4, height=128, width=64,
-            num_distractors=0, seed=seed, nuisance=1.0, lookalike_rate=0.4,
-            lookalike_detail_prob=0.5, person_occlusion_prob=0.15, crop_error_prob=0.2,
-            crop_error_strength=1.0, color_cast=1.0, camera_blur=0.8, lowres_cameras=5,
-            lowres_scale=0.5, camera_scenes="msmt", indoor_fraction=0.2,
-            time_of_day_spread=1.0, num_workers=2,
+            num_distractors=0, seed=seed, lowres_cameras=5, camera_scenes="msmt",
+            indoor_fraction=0.2, time_of_day_spread=1.0, num_workers=2, **_HARD_CASES,
         )
         base.update(overrides)
         return cls(**base)  # type: ignore[arg-type]
