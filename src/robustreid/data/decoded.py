@@ -157,7 +157,7 @@ class BatchAugment:
 
     Calling it maps ``B x 3 x H x W`` uint8 (any device) to float32 on that device. Each
     image's random draws come from its own key (``keys``: ``(B,)`` uint64, see
-    :func:`sample_keys`; the trainer uses (seed, epoch, step, position in the global
+    :func:`sample_keys`; the trainer uses (seed, epoch, step, position in the whole
     batch)), so an image is augmented the same whichever batch, process or device it is
     in. A ``torch.Generator`` may be passed instead: it draws the keys.
     """

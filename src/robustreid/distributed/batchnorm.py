@@ -1,4 +1,4 @@
-"""BatchNorm over the global batch of every rank, on any device: the autograd function and
+"""BatchNorm over the whole batch of every rank, on any device: the autograd function and
 the :class:`GlobalBatchNorm` module (PyTorch's ``SyncBatchNorm`` takes GPU tensors only)."""
 
 from __future__ import annotations
@@ -59,12 +59,12 @@ class _GlobalBatchNormFn(torch.autograd.Function):
 
 
 class GlobalBatchNorm(_BatchNorm):
-    """BatchNorm over the global batch of every rank, on any device (PyTorch's
+    """BatchNorm over the whole batch of every rank, on any device (PyTorch's
     ``SyncBatchNorm`` accepts GPU tensors only): the CPU path of :func:`wrap_model`.
 
     In training mode with more than one process, the mean and the (biased) variance are
     those of the concatenated batches of all ranks (two all-reduces forward: the sums, then
-    the squared deviations from the global mean; one backward), and the running statistics
+    the squared deviations from the mean over every rank; one backward), and the running statistics
     follow them as in ``nn.BatchNorm*d`` (unbiased variance, ``momentum``). Otherwise (eval
     mode, one process, no process group) it is exactly ``nn.BatchNorm*d``. Any input of at
     least 2 dimensions ``(B, C, ...)``; same parameters, buffers and state-dict keys as

@@ -1,4 +1,4 @@
-"""The model under several processes: :func:`wrap_model` (global BatchNorm and
+"""The model under several processes: :func:`wrap_model` (cross-process BatchNorm and
 ``DistributedDataParallel``), :func:`unwrap_model`, :func:`broadcast_buffers` and
 :func:`convert_batchnorm`."""
 
@@ -27,7 +27,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = True) -> nn.Module:
     """Prepare ``model`` (already on ``device``) for training over the process group.
 
-    With ``sync_bn`` every BatchNorm layer normalises over the whole global batch (NVIDIA
+    With ``sync_bn`` every BatchNorm layer normalises over the whole batch of all processes (NVIDIA
     GPUs: PyTorch's ``SyncBatchNorm``; any other device: :class:`GlobalBatchNorm`), in
     place, keeping the parameter and buffer objects (so an optimiser built later, or
     earlier, sees the same tensors). The model is then wrapped in
@@ -67,7 +67,7 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
 
 def convert_batchnorm(module: nn.Module, cuda: bool) -> nn.Module:
     """Replace every BatchNorm layer of ``module`` (in place, recursively) by one that
-    normalises over the global batch: ``nn.SyncBatchNorm`` with ``cuda``, else
+    normalises over the whole batch: ``nn.SyncBatchNorm`` with ``cuda``, else
     :class:`GlobalBatchNorm`. Returns ``module`` (or its replacement if it is itself one).
     """
     sync_cls: type[_BatchNorm] = nn.SyncBatchNorm if cuda else GlobalBatchNorm

@@ -30,7 +30,7 @@ def get_world_size() -> int:
 
 
 def get_rank() -> int:
-    """Global rank of this process (0 without a process group)."""
+    """Rank of this process in the process group (0 without a process group)."""
     return dist.get_rank() if is_initialized() else 0
 
 
@@ -40,7 +40,7 @@ def get_local_rank() -> int:
 
 
 def is_main_process() -> bool:
-    """True on global rank 0: the only process that writes logs, metrics and checkpoints."""
+    """True on rank 0: the only process that writes logs, metrics and checkpoints."""
     return get_rank() == 0
 
 

@@ -1,4 +1,4 @@
-"""How the work is split over the processes: each rank's share of a global batch
+"""How the work is split over the processes: each rank's share of a whole batch
 (:func:`batch_share`), and blocks of rows embedded round-robin over the ranks and gathered
 back in data set order (:func:`round_robin_blocks`, :func:`gather_round_robin`)."""
 
@@ -44,7 +44,7 @@ def gather_round_robin(local: Tensor, total: int, block: int, what: str = "gathe
 
 
 def batch_share(batch_size: int, rank: int, world: int) -> slice:
-    """The rows of a global batch of ``batch_size`` that ``rank`` of ``world`` processes:
+    """The rows of a whole batch of ``batch_size`` that ``rank`` of ``world`` processes:
     contiguous, in rank order, sizes differing by at most one (the first ``batch_size %
     world`` ranks take one more).
 
@@ -53,7 +53,7 @@ def batch_share(batch_size: int, rank: int, world: int) -> slice:
     """
     if batch_size < world:
         raise DistributedError(
-            f"a global batch of {batch_size} samples cannot be split over {world} processes "
+            f"a whole batch of {batch_size} samples cannot be split over {world} processes "
             "(every process needs at least one): raise train.batch_size or use fewer "
             "processes")
     base, extra = divmod(batch_size, world)

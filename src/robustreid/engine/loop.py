@@ -230,7 +230,7 @@ class Trainer:
                 broadcast_buffers(self.model)
             if s.check_replicas:
                 self._check_replicas(ctx, it)
-            losses.append(out.loss)  # the global batch's: the same on every process
+            losses.append(out.loss)  # the whole batch's: the same on every process
             self._check_finite(ctx.epoch, it, out.loss)
             bar.set_postfix(loss=f"{out.loss:.3f}", refresh=False)
             if it % s.log_every == 0 or it == len(batches):

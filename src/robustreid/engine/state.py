@@ -34,7 +34,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators for ``epoch``."""
+    """Seed Python's, NumPy's and torch's process-wide generators for ``epoch``."""
     value = epoch_seed(seed, epoch)
     random.seed(value)
     np.random.seed(value % 2**32)

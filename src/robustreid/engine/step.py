@@ -1,5 +1,5 @@
 """One training step: the loss of a batch against the memory, the optimiser step, and the
-memory update from the global batch.
+memory update from the whole batch.
 
 A new loss or memory is a new memory class (its ``forward`` is the loss) or update strategy
 (its ``loss``, if it has one, is added); this step does not change.
@@ -19,9 +19,9 @@ from robustreid.memory.strategies import MemoryUpdate
 
 @dataclass
 class StepOutput:
-    """The global batch of one step, in its order: ``feats`` (B, D) float32, ``targets``
+    """The whole batch of one step, in its order: ``feats`` (B, D) float32, ``targets``
     (B,) clusters, ``rows`` (B,) training-split rows, ``updated`` (positions of the samples
-    that moved a prototype) and ``loss`` (the global batch's mean loss)."""
+    that moved a prototype) and ``loss`` (the whole batch's mean loss)."""
 
     feats: torch.Tensor
     targets: torch.Tensor
@@ -34,9 +34,9 @@ class TrainStep:
     """The step of :func:`contrastive_step` followed by the memory update.
 
     Under a process group (``world_size`` > 1) each process holds a contiguous share of the
-    global batch; the loss is scaled so that DDP's average of the gradients is the gradient
-    of the global batch's mean loss, and every process updates its memory from the whole
-    gathered batch in global batch order (so all keep the same prototypes).
+    whole batch; the loss is scaled so that DDP's average of the gradients is the gradient
+    of the whole batch's mean loss, and every process updates its memory from the whole
+    gathered batch in the order of the whole batch (so all keep the same prototypes).
 
     Args:
         model: what the step runs through (the DDP wrapper, or the model itself).
@@ -53,13 +53,13 @@ class TrainStep:
         self.world_size, self.rank = world_size, rank
 
     def share(self, batch_size: int) -> slice:
-        """This process's positions in a global batch of ``batch_size``."""
+        """This process's positions in a whole batch of ``batch_size``."""
         return batch_share(batch_size, self.rank, self.world_size)
 
     def __call__(self, memory: nn.Module, update: MemoryUpdate, images: torch.Tensor,
                  targets: torch.Tensor, rows: torch.Tensor, batch_size: int) -> StepOutput:
         """One step on this process's share: ``images`` (b, 3, H, W) on the model's device,
-        ``targets`` (b,) clusters, ``rows`` (b,) training-split rows, of a global batch of
+        ``targets`` (b,) clusters, ``rows`` (b,) training-split rows, of a whole batch of
         ``batch_size``."""
         loss_scale = self.world_size * images.shape[0] / batch_size
         feats, loss = contrastive_step(self.model, memory, images, targets, self.optimizer,
@@ -74,8 +74,8 @@ class TrainStep:
     def global_batch(self, feats: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
                      loss: torch.Tensor, batch_size: int
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """The step's features (B, D), targets (B,), rows (B,) of the whole global batch, in
-        its order, and its mean loss, from this process's share (one all-gather; the inputs
+        """The step's features (B, D), targets (B,), rows (B,) of the batch of all processes,
+        in its order, and its mean loss, from this process's share (one all-gather; the inputs
         themselves with one process)."""
         if self.world_size == 1:
             return feats, targets, rows, loss.item()
@@ -118,7 +118,7 @@ def contrastive_step(
             memory's loss (a memory strategy trained with the backbone, e.g. in-batch CSA).
         loss_scale: factor of the loss that is backpropagated (not of the one returned);
             under DDP ``world * B_local / B_global``, so that the averaged gradients are
-            those of the global batch's mean loss when the shares differ in size.
+            those of the whole batch's mean loss when the shares differ in size.
         indices: ``B`` training-split rows of the batch, handed to the memory's loss.
 
     Returns:
