@@ -19,9 +19,10 @@ from robustreid.memory.strategies import MemoryUpdate
 
 @dataclass
 class StepOutput:
-    """The whole batch of one step, in its order: ``feats`` (B, D) float32, ``targets``
-    (B,) clusters, ``rows`` (B,) training-split rows, ``updated`` (positions of the samples
-    that moved a prototype) and ``loss`` (the whole batch's mean loss)."""
+    """The whole batch of one step, in its order, on the model's device: ``feats`` (B, D)
+    float32, ``targets`` (B,) clusters, ``rows`` (B,) training-split rows, ``updated``
+    (positions of the samples that moved a prototype) and ``loss`` (the whole batch's mean
+    loss)."""
 
     feats: torch.Tensor
     targets: torch.Tensor
@@ -62,13 +63,14 @@ class TrainStep:
         ``targets`` (b,) clusters, ``rows`` (b,) training-split rows, of a whole batch of
         ``batch_size``."""
         loss_scale = self.world_size * images.shape[0] / batch_size
+        rows = rows.to(images.device)
         feats, loss = contrastive_step(self.model, memory, images, targets, self.optimizer,
                                        self.scaler, self.amp,
                                        extra_loss=getattr(update, "loss", None),
-                                       loss_scale=loss_scale, indices=rows.to(images.device))
+                                       loss_scale=loss_scale, indices=rows)
         feats, targets, rows, loss_value = self.global_batch(feats, targets, rows, loss,
                                                              batch_size)
-        updated = update(memory, feats, targets, rows.to(feats.device))
+        updated = update(memory, feats, targets, rows)
         return StepOutput(feats, targets, rows, updated, loss_value)
 
     def global_batch(self, feats: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
@@ -81,7 +83,7 @@ class TrainStep:
             return feats, targets, rows, loss.item()
         n = feats.shape[0]
         packed = torch.cat([feats.double(), targets.double()[:, None],
-                            rows.to(feats.device).double()[:, None],
+                            rows.double()[:, None],
                             (loss.double() / batch_size).expand(n)[:, None]], dim=1)
         shares = [batch_share(batch_size, r, self.world_size) for r in range(self.world_size)]
         sizes = [share.stop - share.start for share in shares]
