@@ -88,6 +88,14 @@ VARIANTS = [
     ("camera_proxies", "camera-aware proxies: mean init, `mean` update, a proxy per (cluster, "
      "camera) with intra- and inter-camera terms", "train",
      ["memory.init=mean", "memory.update=mean", "memory.kind=camera_proxies"], True),
+    ("camera_normalize", "camera-normalised clustering: each camera's mean feature "
+     "subtracted before clustering (mean init, `mean` update)", "train",
+     ["memory.init=mean", "memory.update=mean", "cluster.camera_normalize=true"], True),
+    ("synth_pretrained", "SynthPerson-trained start: the baseline from the weights of "
+     "configs/pretrain_synthperson.yaml (supervised on a separate seed-7 Market-sized render) "
+     "instead of ImageNet's", "train",
+     ["memory.init=mean", "memory.update=mean",
+      "model.pretrained=runs/pretrain_synthperson/last.pth"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]
@@ -123,6 +131,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every run (e.g. a short smoke test)")
+    parser.add_argument("--refresh-diagnostics", action="store_true",
+                        help="recompute the diagnostics of finished runs from their run "
+                             "folders' metrics.jsonl (after new diagnostics were added)")
     parser.add_argument("--part", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,6 +157,11 @@ def main() -> None:
     # a worker also skips what earlier workers finished and the parent already merged
     done = set(json.loads(merged.read_text())) if args.part is not None and merged.is_file() \
         else set()
+    if args.refresh_diagnostics and args.part is None:
+        for key, record in results.items():
+            if record.get("seed") is not None and (out / key / "metrics.jsonl").is_file():
+                record["diagnostics"] = run_diagnostics(read_metrics(out / key))
+        atomic_write_text(results_file, json.dumps(results, indent=2) + "\n")
     order = {n: i for i, n in enumerate(args.only)} if args.only else {}
     ablation = sorted((v for v in VARIANTS if v[4]), key=lambda v: order.get(v[0], 0))
     if args.jobs > 1:
@@ -305,7 +321,9 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
 
 
 #: Diagnostics summarised per run (mean over its trained epochs), see robustreid/metric_names.py.
-DIAGNOSTICS = ("pl_fscore", "pl_ari", "pl_clusters", "mem_init_angle", "mem_init_angle_mean",
+DIAGNOSTICS = ("pl_fscore", "pl_ari", "pl_clusters", "pl_precision", "pl_recall",
+               "pl_outlier_fraction", "pl_multi_camera_fraction", "mem_init_angle",
+               "mem_init_angle_mean",
                "mem_end_angle", "upd_mislabeled_fraction", "upd_batch_mislabeled_fraction",
                "hps_accepted_fraction", "hps_fallback_fraction", "saa_initial_loss",
                "saa_final_loss", "time_diagnostics", "epoch_seconds")

@@ -41,6 +41,7 @@ from robustreid.distributed import get_rank, get_world_size, is_initialized, wra
 from robustreid.engine.checkpointer import Checkpointer
 from robustreid.engine.extraction import Evaluator, Extractor, SplitImages
 from robustreid.engine.hooks import (
+    CameraSpread,
     EpochLogger,
     HookBase,
     IterationCallback,
@@ -238,6 +239,9 @@ def build_hooks(cfg: Config, data: ReIDData,
     pids = np.array([s.pid for s in data.train], dtype=np.int64)
     if data.labelled and len(np.unique(pids)) > 1:
         hooks.append(MechanismDiagnostics(pids))
+    camids = np.array([s.camid for s in data.train], dtype=np.int64)
+    if len(np.unique(camids)) > 1:
+        hooks.append(CameraSpread(camids))
     hooks += [MetricsWriter(Path(cfg.output_dir)), EpochLogger(cfg.train.epochs)]
     if on_iteration is not None:
         hooks.append(IterationCallback(on_iteration))

@@ -20,6 +20,10 @@ TIME_KEYS = tuple(f"time_{phase}" for phase in PHASES)
 QUALITY_KEYS = ("pl_clusters", "pl_identities", "pl_outlier_fraction", "pl_precision",
                 "pl_recall", "pl_fscore", "pl_ari", "pl_nmi")
 
+#: Keys of :func:`robustreid.clustering.quality.camera_spread`'s result: how many cameras the
+#: clusters span (needs no identities; on data with several cameras).
+CAMERA_SPREAD_KEYS = ("pl_multi_camera_fraction", "pl_cameras_per_cluster")
+
 #: What every trained epoch reports.
 EPOCH_KEYS = ("lr", "clusters", "outliers", "loss")
 
@@ -43,7 +47,7 @@ METHOD_KEYS = ("saa_initial_loss", "saa_final_loss", "saa_seconds", "hps_accepte
                "hps_fallback_fraction", "hps_dispersion", "joint_loss", "joint_peak_weight")
 
 #: Every numeric key a record may hold.
-NUMBER_KEYS = (*EPOCH_KEYS, *RANKING_KEYS, *TIME_KEYS, *QUALITY_KEYS,
+NUMBER_KEYS = (*EPOCH_KEYS, *RANKING_KEYS, *TIME_KEYS, *QUALITY_KEYS, *CAMERA_SPREAD_KEYS,
                *MEMORY_DIAGNOSTIC_KEYS, *METHOD_KEYS)
 #: The keys that must be fractions in [0, 1].
 FRACTION_KEYS = RANKING_KEYS

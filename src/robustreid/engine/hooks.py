@@ -35,6 +35,7 @@ import torch
 
 from robustreid.clustering.labellers import EpochLabels
 from robustreid.clustering.quality import (
+    camera_spread,
     identity_centres,
     majority_identities,
     mean_angle_degrees,
@@ -141,6 +142,23 @@ class MetricsWriter(HookBase):
                 return None
             self._writer = SummaryWriter(self.out_dir / "tensorboard", purge_step=epoch)
         return self._writer or None
+
+
+class CameraSpread(HookBase):
+    """How many cameras the pseudo-identities span: adds
+    :data:`robustreid.metric_names.CAMERA_SPREAD_KEYS` to the record of every clustered epoch
+    (not instance warm-up epochs). Needs no identities.
+
+    Args:
+        camids: (N,) camera of every training image.
+    """
+
+    def __init__(self, camids: np.ndarray) -> None:
+        self.camids = np.asarray(camids, dtype=np.int64)
+
+    def after_pseudo_labels(self, ctx: EpochContext) -> None:
+        if not ctx.labels.instance:
+            ctx.record.update(camera_spread(ctx.labels.labels, self.camids))
 
 
 class EpochLogger(HookBase):
