@@ -88,6 +88,8 @@ VARIANTS = [
     ("camera_proxies", "camera-aware proxies: mean init, `mean` update, a proxy per (cluster, "
      "camera) with intra- and inter-camera terms", "train",
      ["memory.init=mean", "memory.update=mean", "memory.kind=camera_proxies"], True),
+    ("multi_proxies", "multi-proxies + instance hard negatives: mean init, `mean` update",
+     "train", ["memory.init=mean", "memory.update=mean", "memory.kind=multi_proxies"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]
