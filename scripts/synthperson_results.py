@@ -96,6 +96,8 @@ VARIANTS = [
      "instead of ImageNet's", "train",
      ["memory.init=mean", "memory.update=mean",
       "model.pretrained=runs/pretrain_synthperson/last.pth"], True),
+    ("multi_proxies", "multi-proxies + instance hard negatives: mean init, `mean` update",
+     "train", ["memory.init=mean", "memory.update=mean", "memory.kind=multi_proxies"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]

@@ -162,7 +162,8 @@ def build_memory_factory(cfg: Config, data: ReIDData) -> MemoryFactory:
     """``(D, C, update mode) -> memory``: the ``memory.kind`` class (a
     :data:`~robustreid.memory.MEMORIES` entry) with ``memory.temperature``,
     ``memory.momentum`` and ``memory.options``, checked now: options the class does not take,
-    and a memory that needs cameras on data with one camera, are refused."""
+    a memory that needs cameras on data with one camera, and a memory that needs its own
+    update with an update strategy that bypasses it, are refused."""
     mc = cfg.memory
     cls = MEMORIES.get(mc.kind)
     try:
@@ -171,6 +172,10 @@ def build_memory_factory(cfg: Config, data: ReIDData) -> MemoryFactory:
     except TypeError as err:
         raise UserError(f"memory.options={mc.options!r} do not fit memory.kind={mc.kind} "
                         f"({cls.__name__}): {err}") from None
+    if getattr(cls, "needs_own_update", False) and mc.update not in ("mean", "hard"):
+        raise UserError(f"memory.kind={mc.kind} keeps state that only its own update moves, "
+                        f"but memory.update={mc.update} bypasses it: use memory.update=mean "
+                        "or hard")
     cameras = {s.camid for s in data.train}
     if getattr(cls, "needs_cameras", False) and len(cameras) < 2:
         raise UserError(f"memory.kind={mc.kind} needs images from several cameras, but the "

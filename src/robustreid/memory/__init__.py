@@ -3,7 +3,8 @@ explicit momentum update the trainer calls after each optimiser step; memories b
 
 from robustreid.memory.camera_proxies import CameraProxyMemory
 from robustreid.memory.cluster_memory import ClusterMemory, UpdateMode, cluster_means
+from robustreid.memory.multi_proxies import CameraMultiProxyMemory, MultiProxyMemory
 from robustreid.memory.registry import MEMORIES, register_memory
 
-__all__ = ["MEMORIES", "CameraProxyMemory", "ClusterMemory", "UpdateMode", "cluster_means",
-           "register_memory"]
+__all__ = ["MEMORIES", "CameraMultiProxyMemory", "CameraProxyMemory", "ClusterMemory",
+           "MultiProxyMemory", "UpdateMode", "cluster_means", "register_memory"]

@@ -243,11 +243,14 @@ class ClusterMemory(nn.Module):
             )
         self._apply_momentum(inputs, targets)
 
-    def _apply_momentum(self, inputs: Tensor, targets: Tensor) -> None:
-        """Unchecked momentum step; ``targets`` must be distinct. Math in float32 (or wider)."""
+    def _apply_momentum(self, inputs: Tensor, targets: Tensor, bank: Tensor | None = None) -> None:
+        """Unchecked momentum step; ``targets`` must be distinct. Math in float32 (or wider).
+
+        ``bank``: the ``C x D`` rows to update in place (default: ``self.prototypes``;
+        subclasses with a second proxy set pass theirs)."""
         if targets.numel() == 0:
             return
-        protos = self.prototypes
+        protos = self.prototypes if bank is None else bank
         dtype = torch.promote_types(protos.dtype, torch.float32)
         idx = targets.to(device=protos.device, dtype=torch.long)
         x = inputs.to(device=protos.device, dtype=dtype)
@@ -256,9 +259,11 @@ class ClusterMemory(nn.Module):
         c = c / c.norm(dim=1, keepdim=True)
         protos.index_copy_(0, idx, c.to(protos.dtype))
 
-    def _hardest_rows(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        """Per distinct target, the index of the row with the lowest cosine to its prototype."""
-        protos = self.prototypes
+    def _hardest_rows(self, inputs: Tensor, targets: Tensor, bank: Tensor | None = None
+                      ) -> Tensor:
+        """Per distinct target, the index of the row with the lowest cosine to its prototype
+        (its row of ``bank``, default ``self.prototypes``)."""
+        protos = self.prototypes if bank is None else bank
         idx = targets.to(device=protos.device, dtype=torch.long)
         x = F.normalize(inputs.to(device=protos.device, dtype=torch.float32), dim=1)
         sims = (x * protos.index_select(0, idx).float()).sum(dim=1)
