@@ -88,6 +88,12 @@ VARIANTS = [
     ("camera_proxies", "camera-aware proxies: mean init, `mean` update, a proxy per (cluster, "
      "camera) with intra- and inter-camera terms", "train",
      ["memory.init=mean", "memory.update=mean", "memory.kind=camera_proxies"], True),
+    ("refine", "label refinement by neighbour consistency: mean init, `mean` update", "train",
+     ["memory.init=mean", "memory.update=mean", "refine.kind=neighbours"], True),
+    ("camera_proxies_refine", "camera-aware proxies with label refinement by neighbour "
+     "consistency: mean init, `mean` update", "train",
+     ["memory.init=mean", "memory.update=mean", "memory.kind=camera_proxies",
+      "refine.kind=neighbours"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]
@@ -308,7 +314,8 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
 DIAGNOSTICS = ("pl_fscore", "pl_ari", "pl_clusters", "mem_init_angle", "mem_init_angle_mean",
                "mem_end_angle", "upd_mislabeled_fraction", "upd_batch_mislabeled_fraction",
                "hps_accepted_fraction", "hps_fallback_fraction", "saa_initial_loss",
-               "saa_final_loss", "time_diagnostics", "epoch_seconds")
+               "saa_final_loss", "refine_relabelled", "refine_own_weight", "pl_raw_fscore",
+               "time_diagnostics", "epoch_seconds")
 BASELINE = "baseline_mean"
 
 

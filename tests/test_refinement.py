@@ -101,7 +101,11 @@ def test_shapes_rows_and_determinism():
     torch.testing.assert_close(refined.weights[keep].sum(1), torch.ones(int(keep.sum())))
     assert (refined.weights >= 0).all()
     assert ((refined.clusters >= 0) & (refined.clusters < refined.num_clusters)).all()
-    # the hard label holds the largest weight whenever a sample moved
+    # a sample that moved holds the largest weight of its target on its new label
+    moved = (refined.labels != labels).nonzero().flatten().tolist()
+    assert moved == [PLANTED]
+    for row in moved:
+        assert _weight_on(refined, row, int(refined.labels[row])) == refined.weights[row].max()
     again = refiner(feats, labels)
     for name in ("labels", "clusters", "weights"):
         assert torch.equal(getattr(again, name), getattr(refined, name)), name
