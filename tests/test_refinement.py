@@ -308,3 +308,19 @@ def test_without_refinement_the_memory_has_no_soft_targets(tiny_data, tmp_path):
     record = make_trainer(cfg, tiny_data, hooks=[spy]).fit().history[-1]
     assert spy.seen == [(False, False)]
     assert not any(k.startswith(("refine_", "pl_raw_")) for k in record)
+
+
+def test_the_memory_stage_refines_clustered_epochs_only():
+    from robustreid.clustering.labellers import EpochLabels
+    from robustreid.engine.memory_stage import MemoryStage
+
+    feats, labels = _planted()
+    stage = MemoryStage(None, None, None, None, 0, torch.device("cpu"),  # type: ignore[arg-type]
+                        refiner=NeighbourRefiner())
+    warmup = EpochLabels.from_labels(torch.arange(len(labels)).numpy(), instance=True)
+    record: dict = {}
+    assert stage.refine(feats, warmup, record) == (warmup, None) and record == {}
+    clustered = EpochLabels.from_labels(labels.numpy())
+    refined, soft = stage.refine(feats, clustered, record)
+    assert soft is not None and refined.labels[PLANTED] == B and refined.num_clusters == 3
+    assert record["refine_relabelled"] == 1 and refined.num_outliers == 1
