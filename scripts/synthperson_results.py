@@ -98,6 +98,12 @@ VARIANTS = [
       "model.pretrained=runs/pretrain_synthperson/last.pth"], True),
     ("multi_proxies", "multi-proxies + instance hard negatives: mean init, `mean` update",
      "train", ["memory.init=mean", "memory.update=mean", "memory.kind=multi_proxies"], True),
+    ("refine", "label refinement by neighbour consistency: mean init, `mean` update", "train",
+     ["memory.init=mean", "memory.update=mean", "refine.kind=neighbours"], True),
+    ("camera_proxies_refine", "camera-aware proxies with label refinement by neighbour "
+     "consistency: mean init, `mean` update", "train",
+     ["memory.init=mean", "memory.update=mean", "memory.kind=camera_proxies",
+      "refine.kind=neighbours"], True),
     ("supervised", "supervised upper bound (true ids, same backbone and budget)", "train",
      ["train.supervised=true"], False),
 ]
@@ -328,7 +334,8 @@ DIAGNOSTICS = ("pl_fscore", "pl_ari", "pl_clusters", "pl_precision", "pl_recall"
                "mem_init_angle_mean",
                "mem_end_angle", "upd_mislabeled_fraction", "upd_batch_mislabeled_fraction",
                "hps_accepted_fraction", "hps_fallback_fraction", "saa_initial_loss",
-               "saa_final_loss", "time_diagnostics", "epoch_seconds")
+               "saa_final_loss", "refine_relabelled", "refine_own_weight", "pl_raw_fscore",
+               "time_diagnostics", "epoch_seconds")
 BASELINE = "baseline_mean"
 
 

@@ -133,3 +133,15 @@ def test_library_constant_equals_config_default(key: str) -> None:
 def test_every_listed_key_exists() -> None:
     for key in (*FED_BY_CONFIG, *CONSTANTS):
         config_default(key)  # a KeyError names a key renamed or removed in the config
+
+
+def test_refiner_defaults_live_in_its_signature_only() -> None:
+    """``refine.options`` is empty by default, so a run with ``refine.kind=neighbours`` gets
+    :class:`NeighbourRefiner`'s own defaults: its signature is their one source."""
+    from robustreid.memory import REFINERS, NeighbourRefiner
+
+    assert config_default("refine.kind") == "none" and config_default("refine.options") == {}
+    assert REFINERS.get("neighbours") is NeighbourRefiner
+    defaults = {name: p.default for name, p in
+                inspect.signature(NeighbourRefiner).parameters.items()}
+    assert inspect.Parameter.empty not in defaults.values(), defaults  # all optional

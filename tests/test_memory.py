@@ -43,7 +43,9 @@ def test_init_prototypes_normalises_and_registers_buffer() -> None:
     mem.init_prototypes(torch.tensor([[3.0, 4.0], [0.0, -2.0]], dtype=torch.float64))
     torch.testing.assert_close(mem.prototypes, torch.tensor([[0.6, 0.8], [0.0, -1.0]]))
     assert mem.prototypes.dtype == torch.float32
-    assert list(dict(mem.named_buffers())) == ["prototypes"]
+    # the soft targets of label refinement are buffers too, empty until set
+    assert list(dict(mem.named_buffers())) == ["prototypes", "soft_clusters", "soft_weights"]
+    assert mem.soft_weights.numel() == 0 and not mem.has_soft_targets
     assert list(mem.parameters()) == []
 
 
@@ -79,10 +81,10 @@ def test_state_dict_round_trip() -> None:
     mem = _memory([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
     mem.update(torch.tensor([[0.8, 0.6]]), torch.tensor([2]))
     state = mem.state_dict()
-    assert list(state) == ["prototypes"]
+    assert list(state) == ["prototypes", "soft_clusters", "soft_weights"]
     other = ClusterMemory(2, 3)
     other.load_state_dict(state)
-    assert torch.equal(other.prototypes, mem.prototypes)
+    assert torch.equal(other.prototypes, mem.prototypes) and not other.has_soft_targets
 
 
 # --------------------------------------------------------------------------- cluster_means

@@ -49,10 +49,10 @@ from robustreid.engine.hooks import (
     MetricsWriter,
 )
 from robustreid.engine.loop import LoopSettings, Trainer
-from robustreid.engine.memory_stage import MemoryFactory, MemoryStage
+from robustreid.engine.memory_stage import MemoryFactory, MemoryStage, Refiner
 from robustreid.engine.step import TrainStep
 from robustreid.errors import UserError
-from robustreid.memory import MEMORIES
+from robustreid.memory import MEMORIES, REFINERS
 from robustreid.memory.strategies import (
     Aggregator,
     CSAInit,
@@ -190,6 +190,43 @@ def build_memory_factory(cfg: Config, data: ReIDData) -> MemoryFactory:
     return make
 
 
+def build_refiner(cfg: Config) -> Refiner | None:
+    """The pseudo-label refiner ``refine.kind`` names (a :data:`~robustreid.memory.REFINERS`
+    entry, ``refine.options`` its keyword arguments), or None for ``none`` and in supervised
+    runs (the true identities need no refinement; a warning says so). Options the class does
+    not take, or values it refuses, and a ``memory.kind`` without soft targets
+    (``set_soft_targets``) raise a :class:`UserError`."""
+    rc = cfg.refine
+    if rc.kind.lower() == "none":
+        if rc.options:
+            raise UserError(f"refine.options={rc.options!r} are set but refine.kind=none: set "
+                            f"refine.kind (one of {', '.join(REFINERS.names())}) or remove "
+                            "refine.options")
+        return None
+    cls = REFINERS.get(rc.kind)
+    try:
+        inspect.signature(cls).bind(**rc.options)
+    except TypeError as err:
+        raise UserError(f"refine.options={rc.options!r} do not fit refine.kind={rc.kind} "
+                        f"({cls.__name__}): {err}") from None
+    try:
+        refiner = cls(**rc.options)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"refine.options={rc.options!r} are refused by refine.kind={rc.kind} "
+                        f"({cls.__name__}): {err}") from None
+    memory = MEMORIES.get(cfg.memory.kind)
+    if not hasattr(memory, "set_soft_targets"):
+        raise UserError(f"refine.kind={rc.kind} trains against soft targets, which "
+                        f"memory.kind={cfg.memory.kind} ({memory.__name__}) does not take (it "
+                        "has no set_soft_targets): use refine.kind=none or a memory derived "
+                        "from ClusterMemory")
+    if cfg.train.supervised:
+        logger.warning("refine.kind=%s is ignored: train.supervised=true trains on the true "
+                       "identities", rc.kind)
+        return None
+    return refiner
+
+
 # ------------------------------------------------------------------------- optimisation
 def build_optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     """``train.optimizer`` (adam, adamw or sgd) over ``params`` with ``train.lr`` and
@@ -300,6 +337,7 @@ def build_trainer(cfg: Config, model: nn.Module, data: ReIDData, device: torch.d
     world, rank = get_world_size(), get_rank()
     _check_world(cfg, world)
     make_memory = build_memory_factory(cfg, data)  # its options checked before any work
+    refiner = build_refiner(cfg)  # so are the refiner's
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -341,7 +379,7 @@ def build_trainer(cfg: Config, model: nn.Module, data: ReIDData, device: torch.d
     return Trainer(
         build_settings(cfg, check_replicas), model, device, camids, images, extractor, labeller,
         MemoryStage(make_memory, init, update, aggregator, cfg.seed, device,
-                    torch.as_tensor(camids)),
+                    torch.as_tensor(camids), refiner=refiner),
         TrainStep(train_model, optimizer, scaler, amp, world, rank),
         BatchAugment(flip_p=cfg.train.flip_p, padding=cfg.train.padding,
                      erasing_p=cfg.train.erasing_p),

@@ -55,6 +55,7 @@ __all__ = [
     "MemoryConfig",
     "MethodConfig",
     "ModelConfig",
+    "RefineConfig",
     "SAAConfig",
     "TrainConfig",
     "check_config",
@@ -203,6 +204,17 @@ class MemoryConfig(ConfigSection):
     options: dict[str, PlainData] = Field(default_factory=dict)
 
 
+class RefineConfig(ConfigSection):
+    """Pseudo-label refinement before the memory is built (off by default)."""
+
+    # "none", or a refiner by name (robustreid.memory.REFINERS; "neighbours": soft targets
+    # and corrected labels from each sample's k nearest neighbours, NCPLR-style), and its
+    # keyword arguments (NeighbourRefiner: k, alpha, temperature, iterations, relabel);
+    # docs/method.md, "Label refinement (neighbour consistency)".
+    kind: str = "none"
+    options: dict[str, PlainData] = Field(default_factory=dict)
+
+
 class SAAConfig(ConfigSection):
     """SAA, the self-attention aggregator of CSA, HPS and joint_csa."""
 
@@ -306,6 +318,7 @@ class Config(ConfigSection):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = "runs/default"

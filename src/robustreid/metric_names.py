@@ -24,6 +24,16 @@ QUALITY_KEYS = ("pl_clusters", "pl_identities", "pl_outlier_fraction", "pl_preci
 #: clusters span (needs no identities; on data with several cameras).
 CAMERA_SPREAD_KEYS = ("pl_multi_camera_fraction", "pl_cameras_per_cluster")
 
+#: With pseudo-label refinement (``refine.kind``): the quality keys also reported for the
+#: clustering's labels before refinement, as ``pl_raw_<name>`` (``pl_precision`` ->
+#: ``pl_raw_precision``).
+RAW_QUALITY_OF = ("pl_precision", "pl_recall", "pl_fscore", "pl_ari")
+RAW_QUALITY_KEYS = tuple(f"pl_raw_{key[3:]}" for key in RAW_QUALITY_OF)
+
+#: What a refined epoch reports (see ``memory.refinement``): samples whose hard label changed,
+#: the mean target weight left on the clustering's own label, clusters emptied and dropped.
+REFINE_KEYS = ("refine_relabelled", "refine_own_weight", "refine_emptied")
+
 #: What every trained epoch reports.
 EPOCH_KEYS = ("lr", "clusters", "outliers", "loss")
 
@@ -47,7 +57,7 @@ METHOD_KEYS = ("saa_initial_loss", "saa_final_loss", "saa_seconds", "hps_accepte
                "hps_fallback_fraction", "hps_dispersion", "joint_loss", "joint_peak_weight")
 
 #: Every numeric key a record may hold.
-NUMBER_KEYS = (*EPOCH_KEYS, *RANKING_KEYS, *TIME_KEYS, *QUALITY_KEYS, *CAMERA_SPREAD_KEYS,
-               *MEMORY_DIAGNOSTIC_KEYS, *METHOD_KEYS)
+NUMBER_KEYS = (*EPOCH_KEYS, *RANKING_KEYS, *TIME_KEYS, *QUALITY_KEYS, *RAW_QUALITY_KEYS,
+               *CAMERA_SPREAD_KEYS, *MEMORY_DIAGNOSTIC_KEYS, *METHOD_KEYS, *REFINE_KEYS)
 #: The keys that must be fractions in [0, 1].
 FRACTION_KEYS = RANKING_KEYS

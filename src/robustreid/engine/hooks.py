@@ -44,6 +44,7 @@ from robustreid.clustering.quality import (
 from robustreid.distributed import is_main_process
 from robustreid.io import atomic_write_text
 from robustreid.memory import ClusterMemory, cluster_means
+from robustreid.metric_names import RAW_QUALITY_OF
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,10 @@ class EpochContext:
         epoch: 1-based epoch.
         record: the epoch's metrics (hooks add keys).
         features: (N, D) features of the training split extracted at the epoch's start.
-        labels: the epoch's pseudo-labels.
+        labels: the epoch's pseudo-labels (refined, when a refiner runs: the labels trained
+            on).
         memory: the epoch's memory (None before its initialisation).
+        raw_labels: the clustering's labels before refinement (None when not refined).
     """
 
     epoch: int
@@ -65,6 +68,7 @@ class EpochContext:
     features: torch.Tensor
     labels: EpochLabels
     memory: ClusterMemory | None = None
+    raw_labels: EpochLabels | None = None
 
 
 @dataclass
@@ -199,7 +203,9 @@ class MechanismDiagnostics(HookBase):
 
     The identities are only read here, never trained on. Per epoch (not in instance warm-up
     epochs) it adds to the record: the pseudo-label quality (``pl_*``, see
-    :func:`robustreid.clustering.quality.pseudo_label_quality`) and the memory diagnostics of
+    :func:`robustreid.clustering.quality.pseudo_label_quality`) of the labels trained on
+    (refined, when a refiner runs; then also ``pl_raw_*``, the clustering's own, see
+    :data:`robustreid.metric_names.RAW_QUALITY_KEYS`), and the memory diagnostics of
     :data:`robustreid.metric_names.MEMORY_DIAGNOSTICS`. Identity centres are the
     normalised means of each identity's features in the epoch's extraction; a cluster's
     majority identity is its most frequent true identity. Its own cost is
@@ -222,6 +228,9 @@ class MechanismDiagnostics(HookBase):
         start = time.perf_counter()
         labels = ctx.labels
         ctx.record.update(pseudo_label_quality(labels.labels, self.identities))
+        if ctx.raw_labels is not None:  # the clustering's labels, before refinement
+            raw = pseudo_label_quality(ctx.raw_labels.labels, self.identities)
+            ctx.record.update({f"pl_raw_{key[3:]}": raw[key] for key in RAW_QUALITY_OF})
         majority = majority_identities(labels.labels, self.identities, labels.num_clusters)
         ids, centres = identity_centres(ctx.features, self.identities)
         # per cluster, the row of its majority identity's centre (-1: empty cluster)

@@ -168,13 +168,16 @@ class Trainer:
         record["time_extract"] = time.perf_counter() - start
         start = time.perf_counter()
         # one clustering (rank 0), the same labels on every process
-        labels = run_on_main(lambda: self.labeller(features, epoch),
-                             f"pseudo-labelling of epoch {epoch}")
+        raw = run_on_main(lambda: self.labeller(features, epoch),
+                          f"pseudo-labelling of epoch {epoch}")
         features = features.float()  # the memory stage works in float32
+        # the labels trained on: batches, prototypes, updates and loss all use them
+        labels, soft = self.memory_stage.refine(features, raw, record)
         record.update(time_cluster=time.perf_counter() - start,
                       clusters=labels.num_clusters, outliers=labels.num_outliers)
         self._check_stop(epoch, "after pseudo-labelling")
-        ctx = EpochContext(epoch, record, features, labels)
+        ctx = EpochContext(epoch, record, features, labels,
+                           raw_labels=raw if soft is not None else None)
         self._call("after_pseudo_labels", ctx)
         if labels.num_clusters < 2:
             describe = getattr(self.labeller, "describe", None)
@@ -186,7 +189,7 @@ class Trainer:
             record["skipped"] = True
             return record
         start = time.perf_counter()
-        ctx.memory, update = self.memory_stage(features, labels, epoch, record)
+        ctx.memory, update = self.memory_stage(features, labels, epoch, record, soft)
         record["time_memory"] = time.perf_counter() - start
         self._call("after_memory_init", ctx)
         start = time.perf_counter()

@@ -1,13 +1,16 @@
-"""The memory stage of an epoch: the prototypes' initialisation from the epoch's features.
+"""The memory stage of an epoch: the labels' refinement and the prototypes' initialisation
+from the epoch's features.
 
 The parts are given (built from the configuration by :mod:`robustreid.build`): a memory
-factory, the prototype initialisation and update strategies and the SAA aggregator they may
-share. Instance warm-up epochs (one class per image) always use the plain mean: single-member
-classes have nothing to aggregate or rank.
+factory, the prototype initialisation and update strategies, the SAA aggregator they may
+share, and optionally a pseudo-label refiner. Instance warm-up epochs (one class per image)
+always use the plain mean and are not refined: single-member classes have nothing to
+aggregate, rank or vote on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +20,7 @@ from torch import nn
 from robustreid.clustering.labellers import EpochLabels
 from robustreid.distributed import is_main_process, run_on_main
 from robustreid.engine.state import epoch_seed
+from robustreid.memory.refinement import RefinedTargets
 from robustreid.memory.strategies import (
     Aggregator,
     MeanInit,
@@ -30,6 +34,10 @@ from robustreid.memory.strategies import (
 #: ``update(feats, targets)``; see :class:`robustreid.memory.ClusterMemory`).
 MemoryFactory = Callable[[int, int, str], nn.Module]
 
+#: ``(features (N, D) float32, labels (N,) int64, -1 = outlier) -> RefinedTargets`` (soft
+#: targets and corrected hard labels; see :class:`robustreid.memory.NeighbourRefiner`).
+Refiner = Callable[[torch.Tensor, torch.Tensor], RefinedTargets]
+
 
 class MemoryStage:
     """Builds each epoch's memory.
@@ -42,14 +50,35 @@ class MemoryStage:
         seed: the run's seed (SAA's training draws from ``(seed, epoch)``).
         device: where the memory lives.
         camids: (N,) camera of every training sample, for memories with a ``begin_epoch``.
+        refiner: refines each clustered epoch's labels into soft targets (:data:`Refiner`;
+            None: no refinement).
     """
 
     def __init__(self, make_memory: MemoryFactory, init: PrototypeInit, update: MemoryUpdate,
                  aggregator: Aggregator, seed: int, device: torch.device,
-                 camids: torch.Tensor | None = None) -> None:
+                 camids: torch.Tensor | None = None, refiner: Refiner | None = None) -> None:
         self.make_memory, self.init, self.update = make_memory, init, update
         self.aggregator, self.seed, self.device = aggregator, seed, device
-        self.camids = camids
+        self.camids, self.refiner = camids, refiner
+
+    def refine(self, features: torch.Tensor, labels: EpochLabels, record: dict[str, Any]
+               ) -> tuple[EpochLabels, RefinedTargets | None]:
+        """The labels to train on: ``labels`` refined by the refiner (run on rank 0, on the
+        stage's device, handed to every process; its statistics go into ``record``), or
+        ``labels`` themselves (and None) without a refiner and in instance epochs.
+        ``features``: (N, D) float32 of the epoch."""
+        if self.refiner is None or labels.instance:
+            return labels, None
+        refiner = self.refiner
+
+        def run() -> RefinedTargets:
+            out = refiner(features.to(self.device), torch.as_tensor(labels.labels))
+            return dataclasses.replace(out, labels=out.labels.cpu(),
+                                       clusters=out.clusters.cpu(), weights=out.weights.cpu())
+
+        refined = run_on_main(run, "pseudo-label refinement")
+        record.update(refined.stats)
+        return EpochLabels.from_labels(refined.labels.numpy()), refined
 
     def strategies(self, labels: EpochLabels) -> tuple[PrototypeInit, MemoryUpdate]:
         """(init, update) for an epoch with ``labels``: the configured ones, or the mean in
@@ -59,10 +88,12 @@ class MemoryStage:
         return self.init, self.update
 
     def __call__(self, features: torch.Tensor, labels: EpochLabels, epoch: int,
-                 record: dict[str, Any]) -> tuple[nn.Module, MemoryUpdate]:
-        """The epoch's memory, initialised from ``features`` (N, D) float32 and ``labels``,
-        and the update strategy to use with it; the strategies' statistics go into
-        ``record``."""
+                 record: dict[str, Any], soft: RefinedTargets | None = None
+                 ) -> tuple[nn.Module, MemoryUpdate]:
+        """The epoch's memory, initialised from ``features`` (N, D) float32 and ``labels``
+        (with ``soft``, the refined labels of :meth:`refine`, whose soft targets the memory
+        then trains against), and the update strategy to use with it; the strategies'
+        statistics go into ``record``."""
         init, update = self.strategies(labels)
         memory = self.make_memory(features.shape[1], labels.num_clusters,
                                   update.memory_mode).to(self.device)
@@ -84,6 +115,8 @@ class MemoryStage:
             self.aggregator.load_state_dict(saa_state)
         record.update(stats)
         memory.init_prototypes(prototypes)
+        if soft is not None and not labels.instance:
+            memory.set_soft_targets(soft.clusters, soft.weights)
         begin_epoch = getattr(memory, "begin_epoch", None)
         if begin_epoch is not None:  # e.g. per-camera proxies
             begin_epoch(features, targets, self.camids)

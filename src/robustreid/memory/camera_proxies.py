@@ -109,7 +109,8 @@ class CameraProxyMemory(ClusterMemory):
         if indices is None:
             raise ValueError("CameraProxyMemory needs the samples' indices in the training "
                              "split (forward(inputs, targets, indices))")
-        loss = self.cluster_weight * super().forward(inputs, targets)
+        # the cluster-level term (against the soft targets of ``indices`` when set)
+        loss = self.cluster_weight * super().forward(inputs, targets, indices)
         own = self.sample_proxy[indices.to(self.sample_proxy.device)]
         if bool((own < 0).any()):
             raise ValueError("a batch sample has no proxy (an outlier, or begin_epoch was not "

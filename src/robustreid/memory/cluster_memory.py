@@ -110,9 +110,13 @@ class ClusterMemory(nn.Module):
 
     Buffers:
         prototypes: ``C x D`` float32, unit-norm rows (zeros until :meth:`init_prototypes`).
+        soft_clusters, soft_weights: ``N x K`` int64 / float32 sparse soft targets of the
+            ``N`` training samples (empty until :meth:`set_soft_targets`; see there).
     """
 
     prototypes: Tensor
+    soft_clusters: Tensor
+    soft_weights: Tensor
 
     def __init__(self, num_features: int, num_clusters: int, temperature: float = 0.05,
                  momentum: float = 0.1, update: UpdateMode = "mean",
@@ -138,6 +142,8 @@ class ClusterMemory(nn.Module):
         self.register_buffer(
             "prototypes", torch.zeros(self.num_clusters, self.num_features, dtype=torch.float32)
         )
+        self.register_buffer("soft_clusters", torch.zeros(0, 0, dtype=torch.long))
+        self.register_buffer("soft_weights", torch.zeros(0, 0, dtype=torch.float32))
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
@@ -158,6 +164,57 @@ class ClusterMemory(nn.Module):
         normed = F.normalize(prototypes.detach().to(torch.float32), dim=1)
         self.prototypes.copy_(normed)
 
+    @torch.no_grad()
+    def set_soft_targets(self, clusters: Tensor, weights: Tensor) -> None:
+        """Train against sparse soft targets instead of one-hot clusters (label refinement).
+
+        Sample ``i`` of the training split gets the target distribution with weight
+        ``weights[i, j]`` on cluster ``clusters[i, j]``; :meth:`forward` then computes
+        ``-sum_j w_ij log softmax(x_i . p / T)[c_ij]`` for the batch rows ``indices``.
+
+        Args:
+            clusters: ``N x K`` integer clusters in ``[0, num_clusters)``.
+            weights: ``N x K`` non-negative floats; a row sums to 1, or to 0 for a sample
+                that has no target (an outlier: such a sample in a batch is refused).
+
+        Raises:
+            ValueError: on shapes, dtypes or values out of range.
+        """
+        if clusters.dim() != 2 or tuple(weights.shape) != tuple(clusters.shape):
+            raise ValueError(f"clusters and weights must both be N x K, got shapes "
+                             f"{tuple(clusters.shape)} and {tuple(weights.shape)}")
+        if clusters.dtype.is_floating_point or clusters.dtype == torch.bool:
+            raise ValueError(f"clusters must be an integer tensor, got dtype {clusters.dtype}")
+        if not weights.dtype.is_floating_point:
+            raise ValueError(f"weights must be a floating tensor, got dtype {weights.dtype}")
+        _check_labels(clusters.flatten(), clusters.numel(), self.num_clusters, "clusters",
+                      allow_outliers=False)
+        if clusters.numel() and bool((weights < 0).any()):
+            raise ValueError("weights must be non-negative")
+        sums = weights.to(torch.float64).sum(dim=1)
+        bad = ((sums - 1).abs() > 1e-4) & (sums != 0)
+        if bool(bad.any()):
+            raise ValueError(f"every row of weights must sum to 1 (or 0 for no target), got "
+                             f"{int(bad.sum())} row(s) that do not, e.g. {float(sums[bad][0])}")
+        device = self.prototypes.device
+        self.soft_clusters = clusters.to(device=device, dtype=torch.long).clone()
+        self.soft_weights = weights.to(device=device, dtype=torch.float32).clone()
+
+    @property
+    def has_soft_targets(self) -> bool:
+        """Whether :meth:`set_soft_targets` gave targets that :meth:`forward` uses."""
+        return self.soft_weights.numel() > 0
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        # the soft targets' N x K is known only once set: take the saved shape
+        for name in ("soft_clusters", "soft_weights"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                current = getattr(self, name)
+                setattr(self, name, torch.empty(saved.shape, dtype=current.dtype,
+                                                device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ loss
     def forward(self, inputs: Tensor, targets: Tensor, indices: Tensor | None = None) -> Tensor:
         """Cluster-level contrastive loss.
@@ -166,13 +223,15 @@ class ClusterMemory(nn.Module):
             inputs: ``B x D`` L2-normalised features (any floating dtype; under autocast the
                 matmul runs in the autocast dtype).
             targets: ``B`` int64 cluster indices in ``[0, num_clusters)``.
-            indices: ``B`` rows of the samples in the epoch's training split (unused here;
-                memories that keep per-sample state, e.g. per-camera proxies, read them).
+            indices: ``B`` rows of the samples in the epoch's training split; with soft
+                targets set (:meth:`set_soft_targets`) the loss uses their targets (memories
+                that keep per-sample state, e.g. per-camera proxies, read them too).
 
         Returns:
             Scalar: mean over the batch of the cross-entropy of
             ``inputs @ prototypes.T / temperature`` against ``targets`` (float32 for
-            float32/fp16/bf16 inputs). Gradients flow into ``inputs`` only.
+            float32/fp16/bf16 inputs), or against the soft targets of ``indices`` when set.
+            Gradients flow into ``inputs`` only.
         """
         self._check_inputs(inputs, targets)
         if inputs.shape[0] == 0:
@@ -182,7 +241,26 @@ class ClusterMemory(nn.Module):
         dtype = torch.promote_types(inputs.dtype, self.prototypes.dtype)
         logits = (inputs.to(dtype) @ self.prototypes.to(dtype).t()).to(dtype)
         logits = logits / self.temperature
+        if indices is not None and self.has_soft_targets:
+            return self._soft_cross_entropy(logits, indices)
         return F.cross_entropy(logits, targets.to(device=logits.device, dtype=torch.long))
+
+    def _soft_cross_entropy(self, logits: Tensor, indices: Tensor) -> Tensor:
+        """Mean over the batch of ``-sum_j w_ij log softmax(logits_i)[c_ij]``."""
+        rows = indices.to(device=self.soft_weights.device, dtype=torch.long)
+        if rows.shape != (logits.shape[0],):
+            raise ValueError(f"indices must be a 1-D tensor of the batch's {logits.shape[0]} "
+                             f"rows, got shape {tuple(indices.shape)}")
+        if bool(((rows < 0) | (rows >= self.soft_weights.shape[0])).any()):
+            raise ValueError(f"indices must be rows of the {self.soft_weights.shape[0]} soft "
+                             "targets (the training split)")
+        weights = self.soft_weights[rows].to(device=logits.device, dtype=logits.dtype)
+        if bool((weights.sum(dim=1) == 0).any()):
+            raise ValueError("a batch sample has no soft target (an outlier, or the targets "
+                             "were set for other labels)")
+        clusters = self.soft_clusters[rows].to(logits.device)
+        log_probs = F.log_softmax(logits, dim=1).gather(1, clusters)
+        return -(weights * log_probs).sum(dim=1).mean()
 
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
@@ -310,6 +388,8 @@ class ClusterMemory(nn.Module):
             f"num_features={self.num_features}, num_clusters={self.num_clusters}, "
             f"temperature={self.temperature}, momentum={self.momentum}, update={self.mode!r}, "
             f"distributed={self.distributed}"
+            + (f", soft_targets={tuple(self.soft_weights.shape)}" if self.has_soft_targets
+               else "")
         )
 
 
