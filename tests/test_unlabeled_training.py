@@ -44,11 +44,13 @@ def crops(synth_root, tmp_path_factory):
 
 
 def own_args(out, root, *extra):
+    """The documented own-data run, tiny (``cluster.eps`` and ``train.select_by`` stay
+    ``auto``, as configs/own_data.yaml sets them)."""
     return ["train", "--config", "configs/own_data.yaml", f"output_dir={out}",
             f"data.root={root}", "data.height=32", "data.width=16", "data.num_workers=0",
             "data.test_batch_size=64", "train.epochs=2", "train.iters=3", "train.batch_size=8",
             "train.num_instances=4", "cluster.k1=8", "cluster.k2=2", "cluster.min_samples=2",
-            "cluster.eps=0.7", f"model.arch={TINY_ARCH}", "model.pretrained=none", *extra]
+            f"model.arch={TINY_ARCH}", "model.pretrained=none", *extra]
 
 
 def records(out):
@@ -64,11 +66,18 @@ def assert_unevaluated_run(out, epochs=2):
     trained = [r for r in recs if not r.get("skipped")]
     assert trained, "every epoch was skipped: the tiny clustering set-up is wrong"
     assert all(r["clusters"] >= 2 and r["loss"] > 0 and "time_train" in r for r in trained)
-    assert (out / "last.pth").is_file() and not (out / "best.pth").exists()
+    assert all(0 < r["eps"] < 1 for r in recs)  # cluster.eps: auto
+    # train.select_by: auto, unevaluated: best.pth by the label-free score (the final model
+    # is scored after the last epoch; each later epoch's record scores the one before)
+    scored = {r["epoch"] - 1: r["label_free_score"] for r in recs[1:]}
+    scored[epochs] = recs[-1]["label_free_score_final"]
+    best_epoch = max(scored, key=lambda e: (scored[e], -e))  # the first of equal scores
     last = load_checkpoint(out / "last.pth")
-    assert last["epoch"] == epochs and last["best_map"] == -1.0
+    assert last["epoch"] == epochs and last["best_map"] == scored[best_epoch]
+    assert load_checkpoint(out / "best.pth")["epoch"] == best_epoch
     log = (out / "train.log").read_text()
-    assert "mAP" not in log and "not evaluated" in log
+    assert "mAP" not in log and "not evaluated" in log and "eps auto: chose" in log
+    assert "best.pth follows the label-free score" in log
     return recs
 
 

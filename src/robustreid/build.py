@@ -38,7 +38,7 @@ from robustreid.data.base import (
 from robustreid.data.decoded import BatchAugment
 from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from robustreid.distributed import get_rank, get_world_size, is_initialized, wrap_model
-from robustreid.engine.checkpointer import Checkpointer
+from robustreid.engine.checkpointer import LABEL_FREE_METRIC, Checkpointer
 from robustreid.engine.extraction import Evaluator, Extractor, SplitImages
 from robustreid.engine.hooks import (
     CameraSpread,
@@ -369,11 +369,13 @@ def build_trainer(cfg: Config, model: nn.Module, data: ReIDData, device: torch.d
         features_file=Path(cfg.output_dir) / "train_features.npy" if cl.features_on_disk
         else None, features_dtype=np.float16 if cl.feature_dtype == "float16" else np.float32)
     evaluator = build_evaluator(cfg, extractor, data)
+    select_by = build_selection(cfg, evaluator is not None)
     config = config_to_dict(cfg)
     meta = model_meta(config["model"], cfg.data.height, cfg.data.width,
                       getattr(model, "feature_dim", 0), IMAGENET_MEAN, IMAGENET_STD)
     checkpointer = Checkpointer(Path(cfg.output_dir), model, optimizer, scheduler, scaler,
                                 aggregator, update, config, meta, device,
+                                metric="mAP" if select_by == "map" else LABEL_FREE_METRIC,
                                 upgrade=upgrade_config_dict)
     camids = np.array([s.camid for s in data.train], dtype=np.int64)
     return Trainer(
@@ -384,12 +386,26 @@ def build_trainer(cfg: Config, model: nn.Module, data: ReIDData, device: torch.d
         BatchAugment(flip_p=cfg.train.flip_p, padding=cfg.train.padding,
                      erasing_p=cfg.train.erasing_p),
         scheduler, checkpointer, evaluator,
-        build_hooks(cfg, data, on_iteration) + list(hooks or []))
+        build_hooks(cfg, data, on_iteration) + list(hooks or []),
+        label_free=cfg.train.select_by != "map")
+
+
+def build_selection(cfg: Config, evaluated: bool) -> str:
+    """What ``best.pth`` follows, ``"map"`` or ``"label_free"``: ``train.select_by``, with
+    ``auto`` resolved by whether the run is ``evaluated`` (has a query/gallery)."""
+    select_by = cfg.train.select_by
+    if select_by == "auto":
+        select_by = "map" if evaluated else "label_free"
+    if select_by == "label_free":
+        logger.info("best.pth follows the label-free score of the pseudo-labels "
+                    "(train.select_by=%s; docs/method.md)", cfg.train.select_by)
+    return select_by
 
 
 def build_evaluator(cfg: Config, extractor: Extractor, data: ReIDData) -> Evaluator | None:
     """The test ranking with ``cfg.eval``'s settings, or None (with a log line) when the
-    data has no query/gallery: then there is no mAP and no ``best.pth``."""
+    data has no query/gallery: then there is no mAP, and no ``best.pth`` unless
+    ``train.select_by`` chooses it by the label-free score."""
     if not data.has_test_split:
         logger.info("data set %r has no query/gallery and no data.eval_dataset is set: "
                     "training is not evaluated; %s is the model of the last epoch",

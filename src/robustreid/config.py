@@ -152,10 +152,16 @@ class EvalConfig(ConfigSection):
 class ClusterConfig(ConfigSection):
     """Pseudo-labelling: k-reciprocal Jaccard distance + DBSCAN (or InfoMap), every epoch."""
 
-    eps: float = Field(0.6, gt=0, lt=1, json_schema_extra={
-        "hint": "the Jaccard distance lies in [0, 1], 1 meaning no shared k-reciprocal "
-                "neighbours, so eps >= 1 would link unrelated images (DBSCAN on the full "
-                "matrix: all in one cluster) and the clustering step refuses it"})
+    # DBSCAN radius on the Jaccard distance, or "auto": chosen every epoch without labels,
+    # by the silhouette of each candidate radius's partition on the Jaccard distance
+    # (docs/method.md, "Choosing eps without labels"); the choice goes into metrics.jsonl.
+    eps: Annotated[float, Field(gt=0, lt=1)] | Literal["auto"] = Field(
+        0.6, union_mode="left_to_right", json_schema_extra={
+            "expected": "a float in (0, 1) or 'auto'",
+            "hint": "the Jaccard distance lies in [0, 1], 1 meaning no shared k-reciprocal "
+                    "neighbours, so eps >= 1 would link unrelated images (DBSCAN on the "
+                    "full matrix: all in one cluster) and the clustering step refuses it; "
+                    "or eps: auto to choose it without labels"})
     min_samples: int = Field(4, ge=1)
     k1: int = Field(30, ge=1)
     k2: int = Field(6, ge=1)
@@ -308,6 +314,11 @@ class TrainConfig(ConfigSection):
     # (seconds; rank 0 clusters and ranks alone meanwhile, so keep it above that time).
     sync_bn: bool = True
     dist_timeout: float = Field(1800.0, gt=0)
+    # What best.pth follows: map (the test mAP; without a query/gallery there is no
+    # best.pth), label_free (the label-free score of the pseudo-labels, docs/method.md,
+    # "Selecting a model without labels"), or auto (mAP when there is a query/gallery, else
+    # the label-free score). label_free and auto record the score every epoch.
+    select_by: Literal["map", "label_free", "auto"] = "map"
 
 
 class Config(ConfigSection):
@@ -467,9 +478,15 @@ def _translate(exc: ValidationError, cls: type[ConfigSection], sources: Sources)
         return config_error(path, f"expected {_type_name(tp)}, got {got}", sources, hint)
     if kind in _BOUNDS:
         name, symbol = _BOUNDS[kind]
-        declared = [getattr(m, name) for m in (info.metadata if info else []) if hasattr(m, name)]
+        metadata = list(info.metadata) if info else []
+        for member in typing.get_args(info.annotation) if info else ():  # float | "auto"
+            if typing.get_origin(member) is Annotated:
+                metadata += [m for arg in member.__metadata__
+                             for m in getattr(arg, "metadata", [arg])]
+        declared = [getattr(m, name) for m in metadata if hasattr(m, name)]
         bound = declared[0] if declared else err["ctx"][name]  # 1 as written, not 1.0
-        if tp is float and isinstance(value, int):
+        floats = tp is float or any(_strip(a) is float for a in typing.get_args(tp))
+        if floats and isinstance(value, int) and not isinstance(value, bool):
             got = describe_value(float(value))
         return config_error(path, f"expected a value {symbol} {bound}, got {got}", sources,
                             extra.get("hint", ""))
@@ -487,7 +504,8 @@ def _translate(exc: ValidationError, cls: type[ConfigSection], sources: Sources)
     if tp is None:  # pydantic's own words
         return config_error(path, f"{err['msg'][0].lower()}{err['msg'][1:]}, got {got}",
                             sources)
-    return config_error(path, f"expected {_type_name(tp)}, got {got}", sources)
+    expected = extra.get("expected", _type_name(tp))
+    return config_error(path, f"expected {expected}, got {got}", sources)
 
 
 def _validate(cls: type[T], tree: Any, sources: Sources) -> T:
@@ -523,6 +541,12 @@ def _combination_error(keys: Sequence[str], problem: str, sources: Sources,
 def _check_combinations(cfg: Config, sources: Sources) -> None:
     """Raise a :class:`ConfigError` for the first rule between fields that ``cfg`` breaks."""
     tc = cfg.train
+    if cfg.cluster.eps == "auto" and cfg.cluster.method != "dbscan":
+        raise _combination_error(
+            ["cluster.eps", "cluster.method"],
+            f"cluster.eps=auto chooses DBSCAN's radius, but cluster.method="
+            f"{cfg.cluster.method} has none", sources,
+            "set cluster.method=dbscan, or a number for cluster.eps")
     if tc.batch_size % tc.num_instances:
         k = tc.num_instances
         lower, upper = tc.batch_size // k * k, (tc.batch_size // k + 1) * k
@@ -576,7 +600,8 @@ def check_config(cfg: Config) -> None:
       expansion is over the k2 nearest of the k1 neighbours);
     * ``data.eval_root`` / ``data.eval_options`` only with ``data.eval_dataset``;
     * ``train.nesterov`` only with ``train.optimizer=sgd`` and ``train.sgd_momentum > 0``;
-    * ``train.min_lr <= train.lr`` with ``train.scheduler=cosine``.
+    * ``train.min_lr <= train.lr`` with ``train.scheduler=cosine``;
+    * ``cluster.eps=auto`` only with ``cluster.method=dbscan``.
 
     Raises:
         ConfigError: naming the keys and their values.

@@ -56,8 +56,15 @@ MEMORY_DIAGNOSTIC_KEYS = tuple(MEMORY_DIAGNOSTICS)
 METHOD_KEYS = ("saa_initial_loss", "saa_final_loss", "saa_seconds", "hps_accepted_fraction",
                "hps_fallback_fraction", "hps_dispersion", "joint_loss", "joint_peak_weight")
 
+#: The label-free signal (``train.select_by`` other than ``map``; see
+#: ``clustering.label_free``) and the radius ``cluster.eps: auto`` chose (``eps``; also
+#: ``eps_criterion``, a name, and ``eps_scores``, radius -> score).
+LABEL_FREE_KEYS = ("label_free_score", "lf_agreement", "lf_cross_camera",
+                   "label_free_score_final", "eps")
+
 #: Every numeric key a record may hold.
 NUMBER_KEYS = (*EPOCH_KEYS, *RANKING_KEYS, *TIME_KEYS, *QUALITY_KEYS, *RAW_QUALITY_KEYS,
-               *CAMERA_SPREAD_KEYS, *MEMORY_DIAGNOSTIC_KEYS, *METHOD_KEYS, *REFINE_KEYS)
+               *CAMERA_SPREAD_KEYS, *MEMORY_DIAGNOSTIC_KEYS, *METHOD_KEYS, *REFINE_KEYS,
+               *LABEL_FREE_KEYS)
 #: The keys that must be fractions in [0, 1].
 FRACTION_KEYS = RANKING_KEYS

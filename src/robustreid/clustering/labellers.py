@@ -15,7 +15,7 @@ labellings).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,7 +28,9 @@ from robustreid.clustering.pseudo_labels import pseudo_labels
 
 @dataclass
 class EpochLabels:
-    """Pseudo-labels of one epoch: (N,) int64 with -1 for outliers."""
+    """Pseudo-labels of one epoch: (N,) int64 with -1 for outliers. ``info``: what the
+    labeller chose and from what (e.g. ``eps``, ``eps_scores`` of ``eps="auto"``), added to
+    the epoch's record; empty for fixed settings."""
 
     labels: np.ndarray
     num_clusters: int
@@ -36,13 +38,16 @@ class EpochLabels:
     # True in an instance-discrimination warm-up epoch: every sample is its own class, so
     # the memory is plain (mean initialisation and update; CSA/HPS need real clusters).
     instance: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_labels(cls, labels: np.ndarray, instance: bool = False) -> EpochLabels:
+    def from_labels(cls, labels: np.ndarray, instance: bool = False,
+                    info: dict[str, Any] | None = None) -> EpochLabels:
         """Count clusters (``max + 1``) and outliers (``-1``) of a (N,) label vector."""
         labels = np.asarray(labels, dtype=np.int64)
         num_clusters = int(labels.max()) + 1 if (labels >= 0).any() else 0
-        return cls(labels, num_clusters, int((labels < 0).sum()), instance=instance)
+        return cls(labels, num_clusters, int((labels < 0).sum()), instance=instance,
+                   info=dict(info or {}))
 
 
 class PseudoLabeller(Protocol):
@@ -55,7 +60,9 @@ class ClusteringLabeller:
     """DBSCAN on the k-reciprocal Jaccard distance of the features (or InfoMap on their kNN).
 
     Args:
-        eps: DBSCAN radius on the Jaccard distance, in (0, 1).
+        eps: DBSCAN radius on the Jaccard distance, in (0, 1), or ``"auto"``: chosen every
+            epoch without labels (:func:`robustreid.clustering.eps_auto.choose_eps`); the
+            choice and its scores go into :attr:`EpochLabels.info`.
         min_samples: DBSCAN core-point size.
         k1, k2: k-reciprocal neighbourhood sizes (InfoMap: ``k1`` links per image).
         knn_method: ``auto``, ``exact``, ``ivf`` or ``hnsw`` nearest-neighbour search
@@ -70,7 +77,7 @@ class ClusteringLabeller:
         infomap_min_sim, infomap_min_size: InfoMap link threshold and smallest cluster.
     """
 
-    def __init__(self, eps: float, min_samples: int, k1: int, k2: int,
+    def __init__(self, eps: float | str, min_samples: int, k1: int, k2: int,
                  knn_method: str = "auto", camids: Sequence[int] | None = None,
                  device: torch.device | None = None, *, method: str = "dbscan",
                  knn_options: Mapping[str, Any] | None = None,
@@ -79,6 +86,8 @@ class ClusteringLabeller:
         if feature_dtype not in ("float32", "float16"):
             raise ValueError(f"feature_dtype must be float32 or float16, got {feature_dtype!r}")
         check_knn_method(knn_method, "knn_method")
+        if isinstance(eps, str) and eps != "auto":
+            raise ValueError(f"eps must be a radius in (0, 1) or 'auto', got {eps!r}")
         self.eps, self.min_samples, self.k1, self.k2 = eps, min_samples, k1, k2
         self.knn_method = knn_method
         self.camids = None if camids is None else torch.as_tensor(list(camids))
@@ -87,6 +96,7 @@ class ClusteringLabeller:
         self.knn_options = dict(knn_options or {})
         self.feature_dtype = feature_dtype
         self.infomap_min_sim, self.infomap_min_size = infomap_min_sim, infomap_min_size
+        self.chosen_eps: float | None = None  # eps="auto": the radius of the last call
 
     def __call__(self, features: Any, epoch: int) -> EpochLabels:
         """Labels of ``features``: an (N, D) tensor, or an (N, D) array / memory map."""
@@ -97,19 +107,27 @@ class ClusteringLabeller:
         if self.feature_dtype == "float16":
             features = (features.half() if isinstance(features, torch.Tensor)
                         else np.asarray(features, dtype=np.float16))
-        labels = pseudo_labels(features, eps=self.eps, min_samples=self.min_samples,
-                               k1=self.k1, k2=self.k2, knn_method=self.knn_method,
-                               device=self.device, method=self.method,
-                               knn_options=self.knn_options,
-                               infomap_min_similarity=self.infomap_min_sim,
-                               infomap_min_size=self.infomap_min_size)
-        return EpochLabels.from_labels(labels)
+        auto = self.eps == "auto"
+        out = pseudo_labels(features, eps=self.eps, min_samples=self.min_samples,
+                            k1=self.k1, k2=self.k2, knn_method=self.knn_method,
+                            device=self.device, method=self.method,
+                            knn_options=self.knn_options,
+                            infomap_min_similarity=self.infomap_min_sim,
+                            infomap_min_size=self.infomap_min_size, return_info=auto)
+        if auto:
+            labels, info = out
+            self.chosen_eps = info["eps"]
+            return EpochLabels.from_labels(labels, info=info)
+        return EpochLabels.from_labels(out)
 
     def describe(self) -> str:
         """The settings, for messages (e.g. why an epoch found too few clusters)."""
         if self.method == "infomap":
             return (f"infomap, infomap_min_sim={self.infomap_min_sim}, "
                     f"infomap_min_size={self.infomap_min_size}")
+        if self.eps == "auto":
+            last = "" if self.chosen_eps is None else f", last chosen {self.chosen_eps:.2f}"
+            return f"eps=auto{last}, min_samples={self.min_samples}"
         return f"eps={self.eps}, min_samples={self.min_samples}"
 
 

@@ -4,8 +4,9 @@ the kNN graph."""
 from __future__ import annotations
 
 import logging
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from scipy.sparse.csgraph import connected_components, reverse_cuthill_mckee
 
 from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
+from .eps_auto import EPS_CANDIDATES, choose_eps
 from .graph_clustering import infomap_labels
 from .jaccard import _jaccard_core, check_k
 from .knn import _resolve_device, check_knn_method, choose_method, knn
@@ -99,7 +101,7 @@ def dbscan_graph(rows: np.ndarray, cols: np.ndarray, n: int, min_samples: int) -
 
 def pseudo_labels(
     features: Any,
-    eps: float = 0.6,
+    eps: float | str = 0.6,
     min_samples: int = 4,
     k1: int = 30,
     k2: int = 6,
@@ -112,7 +114,9 @@ def pseudo_labels(
     infomap_min_size: int = 2,
     seed: int = 0,
     return_knn: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    eps_candidates: Sequence[float] = EPS_CANDIDATES,
+    return_info: bool = False,
+) -> np.ndarray | tuple[Any, ...]:
     """Cluster ``features`` into pseudo-identities (cluster-contrast style).
 
     ``method="dbscan"``: kNN (``2 k1`` columns), k-reciprocal Jaccard distance, DBSCAN.
@@ -124,7 +128,10 @@ def pseudo_labels(
     Args:
         features: ``(N, D)`` L2-normalised features: numpy array or memory map (float16 or
             float32), ``.npy`` path, or torch tensor (any device).
-        eps: DBSCAN radius on the Jaccard distance, ``0 < eps < 1``.
+        eps: DBSCAN radius on the Jaccard distance, ``0 < eps < 1``, or ``"auto"``: chosen
+            among ``eps_candidates`` by the silhouette of each partition on the Jaccard
+            distance, computed once (:func:`robustreid.clustering.eps_auto.choose_eps`; no
+            labels are used). DBSCAN only.
         min_samples: DBSCAN ``min_samples`` (the sample itself included).
         k1, k2: Jaccard neighbourhood sizes, see :func:`robustreid.clustering.jaccard_distance`
             (InfoMap links each row to its ``k1`` nearest neighbours).
@@ -139,16 +146,32 @@ def pseudo_labels(
         infomap_min_size: InfoMap clusters smaller than this are outliers.
         seed: seed of the approximate search and of InfoMap.
         return_knn: also return the kNN the labels were computed from.
+        eps_candidates: the radii ``eps="auto"`` tries, each in ``(0, 1)``.
+        return_info: also return a dict of what was chosen: with ``eps="auto"``, ``eps``,
+            ``eps_criterion``, ``eps_scores`` (radius as ``"0.55"`` -> score) and
+            ``time_eps_auto`` (seconds of the choice); empty for a fixed radius.
 
     Returns:
         ``(N,)`` int64 labels ``0..C-1`` numbered by first occurrence, ``-1`` = outlier; with
         ``return_knn``, ``(labels, distances, indices)`` with the ``(N, K)`` kNN (``K = 2 k1``,
-        ``k1`` for InfoMap).
+        ``k1`` for InfoMap); with ``return_info``, the info dict comes last.
     """
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be one of {CLUSTER_METHODS}, got {method!r}")
     check_knn_method(knn_method, "knn_method")
-    if not 0.0 < float(eps) < 1.0:
+    auto = isinstance(eps, str)
+    if auto and eps != "auto":
+        raise ValueError(f"eps must be a radius in (0, 1) or 'auto', got eps={eps!r}")
+    if auto and method != "dbscan":
+        raise ValueError(f"eps='auto' chooses DBSCAN's radius; method={method!r} has none "
+                         "(use method='dbscan')")
+    if auto:
+        # checked here, before the kNN search
+        grid = [float(e) for e in eps_candidates]
+        if not grid or not all(0.0 < e < 1.0 for e in grid):
+            raise ValueError(f"eps_candidates must be radii in (0, 1), got "
+                             f"{list(eps_candidates)!r}")
+    elif not 0.0 < float(eps) < 1.0:
         raise ValueError(
             f"eps must lie in (0, 1) for the Jaccard distance (pairs not stored are at "
             f"distance 1), got eps={eps}"
@@ -173,7 +196,8 @@ def pseudo_labels(
         if method == "infomap":
             labels = infomap_labels(dist, idx, k=k1, min_similarity=infomap_min_similarity,
                                     min_size=infomap_min_size, seed=seed)
-            return (labels, dist, idx) if return_knn else labels
+            return _result(labels, (dist, idx) if return_knn else None,
+                           {} if return_info else None)
         knn_out = (dist, idx)
         perm = None
         if knn_method != "exact":
@@ -186,13 +210,32 @@ def pseudo_labels(
             warnings.simplefilter("ignore", UserWarning)
             jac = _jaccard_core(features, dist, idx, k1, k2, np.float32, row_ids=perm)
         del dist, idx
-        labels = dbscan_sparse(jac, eps, int(min_samples))
+        info: dict[str, Any] = {}
+        if auto:
+            start = time.perf_counter()
+            choice = choose_eps(jac, int(min_samples), grid)
+            labels = choice.labels
+            info = {**choice.record(), "time_eps_auto": time.perf_counter() - start}
+            logger.info("eps auto: chose %.2f (criterion %s: %.4f, %d clusters; %s)",
+                        choice.eps, choice.criterion, choice.scores[choice.eps],
+                        choice.clusters[choice.eps],
+                        " ".join(f"{e:.2f}:{s:.3f}" for e, s in choice.scores.items()))
+        else:
+            labels = dbscan_sparse(jac, float(eps), int(min_samples))
         del jac
         if perm is not None:
             out = np.empty(n, dtype=np.int64)
             out[perm] = labels
             labels = relabel_consecutive(out)
-        return (labels, *knn_out) if return_knn else labels
+        return _result(labels, knn_out if return_knn else None, info if return_info else None)
+
+
+def _result(labels: np.ndarray, knn_out: tuple[np.ndarray, np.ndarray] | None,
+            info: dict[str, Any] | None) -> np.ndarray | tuple[Any, ...]:
+    """``labels``, then the kNN and the info where asked for."""
+    if knn_out is None and info is None:
+        return labels
+    return (labels, *(knn_out or ()), *(() if info is None else (info,)))
 
 
 def _renumber(dist: np.ndarray, idx: np.ndarray, k: int

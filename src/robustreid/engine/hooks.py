@@ -166,7 +166,8 @@ class CameraSpread(HookBase):
 
 
 class EpochLogger(HookBase):
-    """One log line per epoch: clusters, loss, test metrics, phase times."""
+    """One log line per epoch: clusters, loss, the chosen eps and the label-free score (when
+    recorded), test metrics, phase times."""
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
@@ -180,6 +181,11 @@ class EpochLogger(HookBase):
         else:
             parts.append(f"clusters {record['clusters']} outliers {record['outliers']} "
                          f"loss {record['loss']:.3f}")
+        if "eps" in record:  # cluster.eps: auto
+            parts.append(f"eps {record['eps']:.2f}")
+        if "label_free_score" in record:
+            parts.append(f"label-free score {record['label_free_score']:.3f} (model after "
+                         f"epoch {record['epoch'] - 1})")
         if "mAP" in record:
             parts.append(f"mAP {100 * record['mAP']:.2f}% rank-1 {100 * record['rank1']:.2f}%")
         times = " ".join(f"{k[5:]} {record[k]:.1f}s" for k in

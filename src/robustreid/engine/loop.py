@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from robustreid.clustering.label_free import label_free_signals
 from robustreid.clustering.labellers import PseudoLabeller
 from robustreid.data.decoded import BatchAugment, sample_keys
 from robustreid.data.sampler import epoch_batches
 from robustreid.distributed import broadcast_buffers, is_main_process, replicas_agree, run_on_main
-from robustreid.engine.checkpointer import Checkpointer
+from robustreid.engine.checkpointer import LABEL_FREE_FINAL, LABEL_FREE_METRIC, Checkpointer
 from robustreid.engine.extraction import Evaluator, Extractor, SplitImages
 from robustreid.engine.hooks import EpochContext, HookBase, StepContext
 from robustreid.engine.memory_stage import MemoryStage
@@ -72,19 +73,23 @@ class Trainer:
     """Runs the epochs. ``model`` is the plain model (saved without a ``module.`` prefix);
     ``step.model`` is what the steps run through (the DDP wrapper, or the model itself).
     ``camids``: (N,) camera of every training image; ``evaluator``: None without a
-    query/gallery split (then ``last.pth`` is the trained model)."""
+    query/gallery split (then ``last.pth`` is the trained model). ``label_free``: compute the
+    label-free signal (:func:`robustreid.clustering.label_free.label_free_signals`) after
+    every clustering; with a checkpointer whose metric is ``label_free_score`` it also keeps
+    ``best.pth`` by it, and scores the final model by one more extraction and clustering."""
 
     def __init__(self, settings: LoopSettings, model: torch.nn.Module, device: torch.device,
                  camids: np.ndarray, images: SplitImages, extractor: Extractor,
                  labeller: PseudoLabeller, memory_stage: MemoryStage, step: TrainStep,
                  augment: BatchAugment, scheduler: Any, checkpointer: Checkpointer,
-                 evaluator: Evaluator | None = None, hooks: list[HookBase] | None = None
-                 ) -> None:
+                 evaluator: Evaluator | None = None, hooks: list[HookBase] | None = None,
+                 label_free: bool = False) -> None:
         self.settings, self.model, self.device, self.camids = settings, model, device, camids
         self.images, self.extractor, self.labeller = images, extractor, labeller
         self.memory_stage, self.step, self.augment = memory_stage, step, augment
         self.scheduler, self.checkpointer, self.evaluator = scheduler, checkpointer, evaluator
         self.hooks = list(hooks or [])
+        self.label_free = label_free
         self.state = TrainState()
         self.stop = StopFlag()
         self.replica_checks = 0
@@ -134,6 +139,8 @@ class Trainer:
                         self.scheduler.step()
                     self.state.epoch = epoch
                     self._evaluate(record)
+                    if epoch == self.settings.epochs:
+                        self._score_final_model(record)
                     self._call("after_epoch", record)
                     self._finish(record)
                 self._call("after_train")
@@ -175,6 +182,9 @@ class Trainer:
         labels, soft = self.memory_stage.refine(features, raw, record)
         record.update(time_cluster=time.perf_counter() - start,
                       clusters=labels.num_clusters, outliers=labels.num_outliers)
+        record.update(raw.info)  # what the labeller chose (eps="auto"), if anything
+        if self.label_free and not raw.instance:  # scores the clustering, before refinement
+            self._label_free(raw.labels, record)
         self._check_stop(epoch, "after pseudo-labelling")
         ctx = EpochContext(epoch, record, features, labels,
                            raw_labels=raw if soft is not None else None)
@@ -198,6 +208,33 @@ class Trainer:
         record["time_train"] = time.perf_counter() - start
         self._call("after_epoch_train", ctx)
         return record
+
+    def _label_free(self, labels: np.ndarray, record: dict[str, Any]) -> None:
+        """The label-free signal of the clustering at the start of ``record``'s epoch, which
+        scores the model after the previous epoch; ``best.pth`` follows it when selected."""
+        start = time.perf_counter()
+        values = label_free_signals(labels, self.state.previous_labels, self.camids)
+        self.state.previous_labels = np.array(labels, dtype=np.int64)
+        record.update(values, time_label_free=time.perf_counter() - start)
+        score = values.get(LABEL_FREE_METRIC)
+        if score is not None and self.checkpointer.save_best_before_epoch(self.state, score,
+                                                                          record):
+            record["best_model_epoch"] = self.state.epoch
+
+    def _score_final_model(self, record: dict[str, Any]) -> None:
+        """When ``best.pth`` follows the label-free score: the model after the last epoch is
+        scored too (one more extraction and clustering), as ``label_free_score_final``."""
+        if not self.label_free or self.checkpointer.metric != LABEL_FREE_METRIC \
+                or self.state.previous_labels is None:
+            return
+        start = time.perf_counter()
+        features = self.extractor.train_features()
+        epoch = self.settings.epochs + 1  # the clustering the next epoch would have used
+        labels = run_on_main(lambda: self.labeller(features, epoch),
+                             "pseudo-labelling of the final model")
+        values = label_free_signals(labels.labels, self.state.previous_labels, self.camids)
+        record[LABEL_FREE_FINAL] = values[LABEL_FREE_METRIC]
+        record["time_label_free_final"] = time.perf_counter() - start
 
     def train_iterations(self, ctx: EpochContext, update: MemoryUpdate) -> float:
         """``settings.iters`` P x K steps on the clustered samples; returns the mean loss."""

@@ -20,11 +20,14 @@ class TrainState:
     """Everything that must survive a restart besides the weights of the model, optimiser,
     schedule and memory strategies: ``epoch`` (completed epochs), ``best_map`` (the best
     value of the checkpointer's metric so far, -1 before any) and ``history`` (one record per
-    finished epoch, the lines of ``metrics.jsonl``)."""
+    finished epoch, the lines of ``metrics.jsonl``). ``previous_labels``: the (N,)
+    pseudo-labels of the last clustered epoch, kept only while the label-free signal is on
+    (its agreement compares each epoch with the one before)."""
 
     epoch: int = 0
     best_map: float = -1.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    previous_labels: np.ndarray | None = None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -11,7 +11,10 @@ split has no epoch 0 and no ranking metrics, and its accuracy panel says "no dat
 ``time_eval`` on evaluated epochs. An epoch whose clustering found too few clusters has
 ``"skipped": true`` and no ``loss``. On data whose training split carries identities, epochs
 also report the pseudo-labels' agreement with them (``pl_*``) and the memory diagnostics
-(``mem_*``, ``upd_*``). Every key is named once, in :mod:`robustreid.metric_names`.
+(``mem_*``, ``upd_*``). With ``train.select_by`` other than ``map``, epochs report the
+label-free score (``label_free_score``, of the model after the previous epoch; the last
+record's ``label_free_score_final`` scores the final model), drawn against the model it
+scores. Every key is named once, in :mod:`robustreid.metric_names`.
 """
 
 from __future__ import annotations
@@ -135,6 +138,9 @@ class TrainingCurves:
         memory_epochs: epochs that report the memory diagnostics.
         memory: key of :data:`ANGLES_PLOTTED` or :data:`MISLABELED_PLOTTED` -> value per
             ``memory_epochs`` entry.
+        label_free_epochs: models (by the epoch after which they were taken, 0 = the start)
+            that have a label-free score.
+        label_free: their ``label_free_score``.
         all_epochs: every epoch in the file, sorted.
     """
 
@@ -154,6 +160,8 @@ class TrainingCurves:
     quality: dict[str, list[float]] = field(default_factory=dict)
     memory_epochs: list[int] = field(default_factory=list)
     memory: dict[str, list[float]] = field(default_factory=dict)
+    label_free_epochs: list[int] = field(default_factory=list)
+    label_free: list[float] = field(default_factory=list)
 
 
 def training_curves(records: list[dict[str, Any]]) -> TrainingCurves:
@@ -185,6 +193,12 @@ def training_curves(records: list[dict[str, Any]]) -> TrainingCurves:
             curves.quality_epochs.append(epoch)
             for key in QUALITY_PLOTTED:
                 curves.quality.setdefault(key, []).append(float(rec[key]))
+        # the score in epoch e's record is measured on the features that began epoch e
+        for key, model_epoch in (("label_free_score", epoch - 1),
+                                 ("label_free_score_final", epoch)):
+            if isinstance(rec.get(key), int | float):
+                curves.label_free_epochs.append(model_epoch)
+                curves.label_free.append(float(rec[key]))
         if all(key in rec for key in (*ANGLES_PLOTTED, *MISLABELED_PLOTTED)):
             curves.memory_epochs.append(epoch)
             for key in (*ANGLES_PLOTTED, *MISLABELED_PLOTTED):
@@ -225,7 +239,7 @@ def training_curves_figure(curves: TrainingCurves, title: str | None = None) -> 
             ax_quality.plot(curves.quality_epochs, curves.quality[key], "o-", label=name)
         ax_quality.set_ylim(0, 1.05)
         ax_quality.legend(loc="lower right", fontsize=8)
-    epochs = curves.all_epochs or [0]
+    epochs = sorted({*curves.all_epochs, *curves.label_free_epochs}) or [0]
     xlim = (min(epochs) - 0.6, max(epochs) + 0.6)
 
     ax_acc.set_title("Test accuracy")
@@ -237,6 +251,13 @@ def training_curves_figure(curves: TrainingCurves, title: str | None = None) -> 
         ax_acc.set_title(f"Test accuracy (best mAP {curves.map_percent[best]:.1f}% at epoch "
                          f"{curves.eval_epochs[best]})")
         ax_acc.legend(loc="best")
+        if curves.label_free_epochs:
+            _label_free_line(ax_acc.twinx(), curves)
+    elif curves.label_free_epochs:
+        _label_free_line(ax_acc, curves)
+        best = max(range(len(curves.label_free)), key=curves.label_free.__getitem__)
+        ax_acc.set_title(f"Label-free score (best {curves.label_free[best]:.3f}, the model "
+                         f"after epoch {curves.label_free_epochs[best]})")
     else:
         _no_data(ax_acc, "no evaluated epoch")
 
@@ -289,6 +310,13 @@ def training_curves_figure(curves: TrainingCurves, title: str | None = None) -> 
         heading += f" (skipped epochs: {', '.join(map(str, curves.skipped))})"
     fig.suptitle(heading)
     return fig
+
+
+def _label_free_line(ax: Axes, curves: TrainingCurves) -> None:
+    ax.plot(curves.label_free_epochs, curves.label_free, "d--", color="C4",
+            label="label-free score")
+    ax.set_ylabel("label-free score (model after the epoch)", color="C4")
+    ax.legend(loc="lower right", fontsize=8)
 
 
 def _memory_panel(ax: Axes, curves: TrainingCurves) -> None:
