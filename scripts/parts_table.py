@@ -9,10 +9,10 @@ Each ``--results`` names a data set and a results file written by
 ``docs/results/``). Per variant: mean test mAP and rank-1, the mean paired difference to the
 baseline (``baseline_mean``) with its 95 % t confidence interval and the number of seeds it
 won, and the pseudo-label diagnostics (pairwise precision and recall against the unused true
-identities, outliers, clusters that span several cameras, momentum updates from a sample that
-is not its cluster's majority identity), means over the trained epochs and the seeds that
-report them. The plot shows the paired differences with their intervals, one panel per data
-set.
+identities, outliers, the samples whose cluster spans several cameras, momentum updates from
+a sample that is not its cluster's majority identity), means over the trained epochs and the
+seeds that report them. The plot shows the paired differences with their intervals, one panel
+per data set.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def table(name: str, results: dict) -> list[str]:
     configs = sorted({r.get("config", "?") for r in results.values()})
     lines = [f"**{name}** (`{'`, `'.join(configs)}`; {', '.join(sr._devices(results))}):", "",
              "| variant | seeds | mAP (%) | Δ mAP | rank-1 (%) | Δ rank-1 | PL precision | "
-             "PL recall | outliers (%) | multi-camera clusters (%) | mislabeled updates (%) "
-             "| minutes |",
+             "PL recall | outliers (%) | samples in multi-camera clusters (%) | "
+             "mislabeled updates (%) | minutes |",
              "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for variant, label in variants_of(results):
         runs = [r for r in sr._runs_of(results, variant) if r["seed"] is not None]
@@ -67,7 +67,7 @@ def table(name: str, results: dict) -> list[str]:
             f"{'(reference)' if base else sr._ci(sr.paired_difference(results, variant, 'rank1'))}"
             f" | {_diag(runs, 'pl_precision', 1, 3)} | {_diag(runs, 'pl_recall', 1, 3)} | "
             f"{_diag(runs, 'pl_outlier_fraction', 100)} | "
-            f"{_diag(runs, 'pl_multi_camera_fraction', 100)} | "
+            f"{_diag(runs, 'lf_cross_camera', 100)} | "
             f"{_diag(runs, 'upd_mislabeled_fraction', 100)} | "
             f"{statistics.mean(r['minutes'] for r in runs):.1f} |")
     return [*lines, ""]

@@ -330,7 +330,7 @@ def write_table(results: dict, md_path: Path, marker: str = MARKER) -> None:
 
 #: Diagnostics summarised per run (mean over its trained epochs), see robustreid/metric_names.py.
 DIAGNOSTICS = ("pl_fscore", "pl_ari", "pl_clusters", "pl_precision", "pl_recall",
-               "pl_outlier_fraction", "pl_multi_camera_fraction", "mem_init_angle",
+               "pl_outlier_fraction", "lf_cross_camera", "mem_init_angle",
                "mem_init_angle_mean",
                "mem_end_angle", "upd_mislabeled_fraction", "upd_batch_mislabeled_fraction",
                "hps_accepted_fraction", "hps_fallback_fraction", "saa_initial_loss",

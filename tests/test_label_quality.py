@@ -119,15 +119,23 @@ def test_mechanism_diagnostics_on_a_planted_labelling():
     assert record["time_diagnostics"] >= 0.0
 
 
-def test_camera_spread_counts_the_cameras_of_each_cluster():
-    from robustreid.clustering.quality import camera_spread
 
-    labels = np.array([0, 0, 0, 1, 1, 2, -1, -1])
-    camids = np.array([3, 3, 5, 1, 1, 0, 2, 4])
-    spread = camera_spread(labels, camids)
-    # cluster 0 spans cameras 3 and 5, clusters 1 and 2 one camera each; outliers ignored
-    assert spread["pl_multi_camera_fraction"] == pytest.approx(1 / 3)
-    assert spread["pl_cameras_per_cluster"] == pytest.approx(4 / 3)
-    assert camera_spread(np.full(3, -1), np.arange(3))["pl_multi_camera_fraction"] == 0.0
-    with pytest.raises(ValueError, match="one length"):
-        camera_spread(labels, camids[:-1])
+def test_camera_spread_hook_scores_the_clustering_before_refinement():
+    import torch
+
+    from robustreid.clustering.labellers import EpochLabels
+    from robustreid.engine.hooks import CameraSpread, EpochContext
+
+    camids = np.array([0, 1, 0, 0, 1, 1])
+    raw = EpochLabels.from_labels(np.array([0, 0, 1, 1, -1, 2]))  # cluster 0 spans 2 cameras
+    refined = EpochLabels.from_labels(np.array([0, 0, 0, 0, -1, 1]))
+    hook = CameraSpread(camids)
+    ctx = EpochContext(1, {}, torch.zeros(6, 2), raw)
+    hook.after_pseudo_labels(ctx)
+    assert ctx.record["lf_cross_camera"] == pytest.approx(2 / 5)
+    ctx = EpochContext(1, {}, torch.zeros(6, 2), refined, raw_labels=raw)
+    hook.after_pseudo_labels(ctx)
+    assert ctx.record["lf_cross_camera"] == pytest.approx(2 / 5)
+    ctx = EpochContext(1, {}, torch.zeros(6, 2), refined)
+    hook.after_pseudo_labels(ctx)
+    assert ctx.record["lf_cross_camera"] == pytest.approx(4 / 5)

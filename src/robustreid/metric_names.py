@@ -20,10 +20,6 @@ TIME_KEYS = tuple(f"time_{phase}" for phase in PHASES)
 QUALITY_KEYS = ("pl_clusters", "pl_identities", "pl_outlier_fraction", "pl_precision",
                 "pl_recall", "pl_fscore", "pl_ari", "pl_nmi")
 
-#: Keys of :func:`robustreid.clustering.quality.camera_spread`'s result: how many cameras the
-#: clusters span (needs no identities; on data with several cameras).
-CAMERA_SPREAD_KEYS = ("pl_multi_camera_fraction", "pl_cameras_per_cluster")
-
 #: With pseudo-label refinement (``refine.kind``): the quality keys also reported for the
 #: clustering's labels before refinement, as ``pl_raw_<name>`` (``pl_precision`` ->
 #: ``pl_raw_precision``).
@@ -64,7 +60,7 @@ LABEL_FREE_KEYS = ("label_free_score", "lf_agreement", "lf_cross_camera",
 
 #: Every numeric key a record may hold.
 NUMBER_KEYS = (*EPOCH_KEYS, *RANKING_KEYS, *TIME_KEYS, *QUALITY_KEYS, *RAW_QUALITY_KEYS,
-               *CAMERA_SPREAD_KEYS, *MEMORY_DIAGNOSTIC_KEYS, *METHOD_KEYS, *REFINE_KEYS,
+               *MEMORY_DIAGNOSTIC_KEYS, *METHOD_KEYS, *REFINE_KEYS,
                *LABEL_FREE_KEYS)
 #: The keys that must be fractions in [0, 1].
 FRACTION_KEYS = RANKING_KEYS

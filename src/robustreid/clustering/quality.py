@@ -89,35 +89,6 @@ def pseudo_label_quality(labels: np.ndarray, identities: np.ndarray) -> dict[str
     }
 
 
-def camera_spread(labels: np.ndarray, camids: np.ndarray) -> dict[str, float]:
-    """How many cameras the clusters span (needs no identities).
-
-    Args:
-        labels: (N,) int cluster index per sample, -1 for an outlier (ignored).
-        camids: (N,) int camera of each sample.
-
-    Returns:
-        ``pl_multi_camera_fraction``: the fraction of clusters with members from at least two
-        cameras (0 without clusters), and ``pl_cameras_per_cluster``: the mean number of
-        distinct cameras per cluster. The keys are
-        :data:`robustreid.metric_names.CAMERA_SPREAD_KEYS`.
-    """
-    labels = np.asarray(labels, dtype=np.int64)
-    camids = np.asarray(camids, dtype=np.int64)
-    if labels.shape != camids.shape or labels.ndim != 1:
-        raise ValueError(f"labels and camids must be (N,) arrays of one length, got "
-                         f"{labels.shape} and {camids.shape}")
-    keep = labels >= 0
-    if not keep.any():
-        return {"pl_multi_camera_fraction": 0.0, "pl_cameras_per_cluster": 0.0}
-    _, cam_idx = np.unique(camids[keep], return_inverse=True)
-    cameras = int(cam_idx.max()) + 1
-    cells = np.unique(labels[keep] * cameras + cam_idx)  # distinct (cluster, camera) pairs
-    _, per_cluster = np.unique(cells // cameras, return_counts=True)  # cameras per cluster
-    return {"pl_multi_camera_fraction": float((per_cluster >= 2).mean()),
-            "pl_cameras_per_cluster": float(per_cluster.mean())}
-
-
 def majority_identities(labels: np.ndarray, identities: np.ndarray,
                         num_clusters: int) -> np.ndarray:
     """The most frequent true identity of each cluster.

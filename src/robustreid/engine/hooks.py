@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustreid.clustering.label_free import cross_camera_fraction
 from robustreid.clustering.labellers import EpochLabels
 from robustreid.clustering.quality import (
-    camera_spread,
     identity_centres,
     majority_identities,
     mean_angle_degrees,
@@ -149,12 +149,13 @@ class MetricsWriter(HookBase):
 
 
 class CameraSpread(HookBase):
-    """How many cameras the pseudo-identities span: adds
-    :data:`robustreid.metric_names.CAMERA_SPREAD_KEYS` to the record of every clustered epoch
-    (not instance warm-up epochs). Needs no identities.
+    """How many cameras the pseudo-identities link: adds ``lf_cross_camera`` (the fraction of
+    the clustered samples whose cluster holds images of at least two cameras, see
+    :func:`robustreid.clustering.label_free.cross_camera_fraction`) of the clustering's labels
+    (before any refinement) to the record of every clustered epoch. Needs no identities.
 
     Args:
-        camids: (N,) camera of every training image.
+        camids: (N,) camera of every training image (at least two cameras).
     """
 
     def __init__(self, camids: np.ndarray) -> None:
@@ -162,7 +163,8 @@ class CameraSpread(HookBase):
 
     def after_pseudo_labels(self, ctx: EpochContext) -> None:
         if not ctx.labels.instance:
-            ctx.record.update(camera_spread(ctx.labels.labels, self.camids))
+            labels = (ctx.raw_labels if ctx.raw_labels is not None else ctx.labels).labels
+            ctx.record["lf_cross_camera"] = cross_camera_fraction(labels, self.camids)
 
 
 class EpochLogger(HookBase):
