@@ -91,6 +91,9 @@ VARIANTS = [
     ("camera_normalize", "camera-normalised clustering: each camera's mean feature "
      "subtracted before clustering (mean init, `mean` update)", "train",
      ["memory.init=mean", "memory.update=mean", "cluster.camera_normalize=true"], True),
+    ("eps_auto", "DBSCAN radius chosen every epoch without labels (`cluster.eps=auto`; mean "
+     "init, `mean` update)", "train",
+     ["memory.init=mean", "memory.update=mean", "cluster.eps=auto"], True),
     ("synth_pretrained", "SynthPerson-trained start: the baseline from the weights of "
      "configs/pretrain_synthperson.yaml (supervised on a separate seed-7 Market-sized render) "
      "instead of ImageNet's", "train",

@@ -79,3 +79,39 @@ def test_paired_difference_and_table(tmp_path: Path, results_script) -> None:
     assert "old" not in text and text.endswith("tail\n")
     row = next(line for line in text.splitlines() if line.startswith("| CSA + HPS"))
     assert "+2.50 [" in row and "(4/4)" in row and "| 25.0 |" in row and "20.0 (21.0)" in row
+
+
+def test_parts_table_writes_one_table_per_data_set_and_one_plot(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("parts_table", SCRIPT.parent / "parts_table.py")
+    parts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parts)
+    files = []
+    for name, gain in (("a", 0.02), ("b", -0.01)):
+        results = {}
+        for seed, m in enumerate([0.30, 0.40, 0.35], start=1):
+            results[f"baseline_mean/seed{seed}"] = _run("baseline_mean", seed, m)
+            results[f"refine/seed{seed}"] = _run("refine", seed, m + gain + 0.01 * (seed % 2))
+            results[f"refine/seed{seed}"]["diagnostics"] = {"pl_precision": 0.5,
+                                                            "lf_cross_camera": 0.25}
+        results["baseline_mean/seed1"]["diagnostics"] = {"lf_cross_camera": 0.75}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(results))
+        files.append(f"set {name}={path}")
+    md, png = tmp_path / "R.md", tmp_path / "parts.png"
+    md.write_text("<!-- p:begin -->\n<!-- p:end -->\n")
+    import sys
+    argv = sys.argv
+    sys.argv = ["parts_table.py", "--results", *files, "--results-md", str(md), "--marker", "p",
+                "--plot", str(png)]
+    try:
+        parts.main()
+    finally:
+        sys.argv = argv
+    text = md.read_text()
+    assert "**set a**" in text and "**set b**" in text and png.stat().st_size > 0
+    rows = [line for line in text.splitlines() if line.startswith("| `refine`")]
+    # mean paired differences +2.67 and -0.33 points (diffs 0, -1, 0: no win)
+    assert "+2.67 [" in rows[0] and "(3/3)" in rows[0] and "| 0.500 |" in rows[0]
+    assert "-0.33 [" in rows[1] and "(0/3)" in rows[1] and "| 25.0 |" in rows[1]
+    base = next(line for line in text.splitlines() if line.startswith("| `baseline_mean`"))
+    assert "| 75.0 (n=1) |" in base  # a diagnostic only some seeds report says so
