@@ -58,12 +58,24 @@ class Projection:
         components: ``(D, d)`` float32; orthonormal columns for PCA.
         kind: ``"pca"`` or ``"random"``.
         explained: fraction of the sample's variance kept (PCA only, else ``None``).
+        spectrum: ``(D,)`` float64 variances of the sample along all its principal axes,
+            descending (PCA only, else ``None``): ``spectrum[:d].sum() / spectrum.sum()`` is
+            what a projection to ``d`` dimensions would keep.
     """
 
     mean: np.ndarray
     components: np.ndarray
     kind: str
     explained: float | None = None
+    spectrum: np.ndarray | None = None
+
+    def kept(self, dim: int) -> float | None:
+        """Share of the sample's variance a PCA projection to ``dim`` dimensions keeps
+        (``None`` for a random projection)."""
+        if self.spectrum is None:
+            return None
+        total = float(self.spectrum.sum())
+        return float(self.spectrum[:dim].sum() / total) if total > 0 else 1.0
 
 
 def fit_projection(features: Any, dim: int, *, kind: str = "pca", sample: int = 32768,
@@ -107,7 +119,8 @@ def fit_projection(features: Any, dim: int, *, kind: str = "pca", sample: int = 
     evals = evals.flip(0).clamp_(min=0.0)
     comp = evecs.flip(1)[:, :dim].float().contiguous().numpy()
     explained = float(evals[:dim].sum() / evals.sum()) if float(evals.sum()) > 0 else 1.0
-    return Projection(mean.float().cpu().numpy(), comp, "pca", explained)
+    return Projection(mean.float().cpu().numpy(), comp, "pca", explained,
+                      evals.numpy().astype(np.float64))
 
 
 def project(features: Any, proj: Projection, *, device: torch.device | str = "cpu",
