@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SyntheticFeatures", "reid_like_features", "flat_reid_features"]
+__all__ = ["SyntheticFeatures", "reid_like_features", "flat_reid_features", "replicated_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -252,3 +252,54 @@ def flat_reid_features(
     if isinstance(features, np.memmap):
         features.flush()
     return SyntheticFeatures(features, identities, cameras, model)
+
+
+def replicated_features(
+    base: np.ndarray,
+    n: int,
+    *,
+    noise: float = 0.3,
+    dtype: type[np.floating] = np.float32,
+    out: str | Path | None = None,
+    chunk: int = 16384,
+    seed: int = 0,
+) -> SyntheticFeatures:
+    """``n`` unit rows made from real features ``base`` (e.g. a backbone's embeddings of a
+    dataset): row ``i`` is ``base[i % M]`` plus isotropic noise of norm about ``noise`` relative
+    to the row's norm, L2-normalised. The spectrum is the backbone's.
+
+    Args:
+        base: ``(M, D)`` float features, ``M >= 1`` (read in chunks; a memory map will do).
+        n: rows to make; noise: relative norm of the noise; dtype, out, chunk, seed: see
+            :func:`reid_like_features`.
+
+    Returns:
+        :class:`SyntheticFeatures` with ``identities[i] = i % M`` (the replicas of one base
+        row), ``cameras`` all 0 and ``families`` ``0..M-1``.
+    """
+    if base.ndim != 2 or len(base) < 1 or n < 1 or chunk < 1 or noise < 0:
+        raise ValueError(f"need base of shape (M, D) with M >= 1, n, chunk >= 1 and "
+                         f"noise >= 0, got base {base.shape}, n={n}, chunk={chunk}, "
+                         f"noise={noise}")
+    dtype = np.dtype(dtype).type
+    if dtype not in (np.float32, np.float16):
+        raise ValueError(f"dtype must be float32 or float16, got {np.dtype(dtype).name}")
+    m, dim = int(base.shape[0]), int(base.shape[1])
+    rng = np.random.default_rng(seed)
+    identities = np.arange(n, dtype=np.int64) % m
+    if out is None:
+        features: np.ndarray = np.empty((n, dim), dtype=dtype)
+    else:
+        features = np.lib.format.open_memmap(Path(out), mode="w+", dtype=dtype, shape=(n, dim))
+    noise_std = np.float32(noise / np.sqrt(dim))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        x = np.asarray(base[identities[start:stop]], dtype=np.float32)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+        x += noise_std * rng.standard_normal((stop - start, dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        features[start:stop] = x
+    if isinstance(features, np.memmap):
+        features.flush()
+    return SyntheticFeatures(features, identities, np.zeros(n, dtype=np.int64),
+                             np.arange(m, dtype=np.int64))
