@@ -3,14 +3,28 @@
 Run (one line; the 1M case needs about 10 GB of free disk for the float16 features):
 
     PYTHONPATH=src python benchmarks/clustering_scale.py --sizes 100000 300000 1000000 \\
-        --backends exact ivf hnsw --dtype float16 --json benchmarks/results/clustering_scale.json
+        --backends exact ivf hnsw --dtype float16-memmap --spectrum decaying \\
+        --json benchmarks/results/clustering_scale.json
 
-For each N the features (``d = 2048`` by default) are generated in chunks by
-:func:`robustreid.clustering.synthetic.reid_like_features` (identities of uneven size,
-look-alike families inside appearance groups, camera bias, a decaying spectrum) into a ``.npy``
-file of ``--dtype`` in ``--workdir``; no ``N x N`` array is formed anywhere. Then every backend
-runs the whole pseudo-labelling (kNN -> Jaccard -> DBSCAN, eps 0.6, min_samples 4, k1 30,
-k2 6) **in its own child process** reading the file as a memory map, which reports
+For each N the features (``d = 2048`` by default) are generated in chunks into a ``.npy`` file
+in ``--workdir`` by the generator ``--spectrum`` names:
+
+* ``decaying`` (the default): :func:`robustreid.clustering.synthetic.reid_like_features`
+  (identities of uneven size, look-alike families inside appearance groups, camera bias, a
+  decaying spectrum: PCA to 256 of 2048 dimensions keeps about 80 % of the variance);
+* ``flat``: :func:`robustreid.clustering.synthetic.flat_reid_features` (random identity
+  centres, a third of the identities look-alikes of another, camera offsets, isotropic
+  noise: PCA-256 keeps about 25 % at a million rows);
+* ``backbone``: real features, ``--backbone-features`` (an ``(M, D)`` ``.npy``, e.g. a
+  backbone's embeddings of a dataset), replicated with noise to N rows by
+  :func:`robustreid.clustering.synthetic.replicated_features` (the true identity of a row is
+  the base row it was made from).
+
+No ``N x N`` array is formed anywhere. Then every backend runs the whole pseudo-labelling
+(kNN -> Jaccard -> DBSCAN, eps 0.6, min_samples 4, k1 30, k2 6) through
+:func:`robustreid.clustering.pseudo_labels` **in its own child process**, on the file as a
+float16 memory map (``--dtype float16-memmap``) or loaded into memory as float32
+(``--dtype float32``), which reports
 
 * the wall time of each step of ``pseudo_labels`` (the kNN's projection / search /
   re-ranking steps included; the total is the wall time of the whole call),
@@ -48,7 +62,11 @@ import torch
 
 from robustreid.clustering import open_features, pseudo_labels
 from robustreid.clustering.arrays import rows_float32
-from robustreid.clustering.synthetic import reid_like_features
+from robustreid.clustering.synthetic import (
+    flat_reid_features,
+    reid_like_features,
+    replicated_features,
+)
 
 K1, K2, EPS, MIN_SAMPLES = 30, 6, 0.6, 4
 BACKENDS = {
@@ -114,12 +132,14 @@ def worker(args: argparse.Namespace) -> None:
     if args.reduce_dim is not None:
         options["reduce_dim"] = args.reduce_dim
     features = open_features(args.features)
+    if args.in_memory:  # float32 in RAM, as a user holds them
+        features = np.array(features, dtype=np.float32)
     n = len(features)
     t0 = time.perf_counter()
-    labels, _, idx = pseudo_labels(
+    labels, _, idx, info = pseudo_labels(
         features, EPS, MIN_SAMPLES, K1, K2, knn_method=method, device=args.device,
         method="infomap" if backend == "ivf-infomap" else "dbscan", knn_options=options,
-        return_knn=True)
+        return_knn=True, return_info=True)
     wall = time.perf_counter() - t0
     np.save(args.out + ".knn.npy", idx[:, :K1])
     np.save(args.out + ".labels.npy", labels)
@@ -131,6 +151,7 @@ def worker(args: argparse.Namespace) -> None:
     report = {"backend": backend, "n": n, "times_s": times,
               "steps": [(step, seconds) for _, step, seconds in recorder.steps],
               "peak_rss_mb": _peak_rss_mb(),
+              "info": {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))},
               "clusters": int(labels.max()) + 1 if (labels >= 0).any() else 0,
               "outliers": int((labels < 0).sum())}
     Path(args.out + ".json").write_text(json.dumps(report, indent=1))
@@ -204,7 +225,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     ap.add_argument("--backends", nargs="+", default=["exact", "ivf"], choices=list(BACKENDS))
-    ap.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    ap.add_argument("--dtype", choices=("float16-memmap", "float32", "float16"),
+                    default="float16-memmap",
+                    help="features as a float16 memory map, or float32 in memory (float16: "
+                         "the older name of float16-memmap)")
+    ap.add_argument("--spectrum", choices=("decaying", "flat", "backbone"), default="decaying",
+                    help="the generator (module docstring)")
+    ap.add_argument("--backbone-features", default=None,
+                    help="(M, D) .npy of real features, for --spectrum backbone")
+    ap.add_argument("--backbone-noise", type=float, default=0.3,
+                    help="relative noise norm of the replicas (--spectrum backbone)")
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--exact-max", type=int, default=100_000,
@@ -224,6 +254,7 @@ def main() -> None:
     ap.add_argument("--features", help=argparse.SUPPRESS)
     ap.add_argument("--backend", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._worker:
         worker(args)
@@ -234,20 +265,40 @@ def main() -> None:
 
     from sklearn.metrics import adjusted_rand_score
 
+    if args.dtype == "float16":
+        args.dtype = "float16-memmap"
+    base = None
+    if args.spectrum == "backbone":
+        if not args.backbone_features:
+            ap.error("--spectrum backbone needs --backbone-features PATH (an (M, D) .npy)")
+        base = open_features(args.backbone_features)
+        args.dim = int(base.shape[1])
+    elif args.backbone_features:
+        ap.error("--backbone-features is only read with --spectrum backbone")
+    store = np.float32 if args.dtype == "float32" else np.float16
+
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     info = {"machine": machine(), "load_average_start": os.getloadavg(),
-            "dtype": args.dtype, "dim": args.dim, "groups": args.groups,
+            "dtype": args.dtype, "spectrum": args.spectrum,
+            "backbone_features": args.backbone_features, "dim": args.dim,
+            "groups": args.groups,
             "k1": K1, "k2": K2, "eps": EPS, "min_samples": MIN_SAMPLES,
             "queries": args.queries, "device": args.device or "cpu", "results": []}
     print(f"machine: {info['machine']}; load average {info['load_average_start']}")
     for n in args.sizes:
-        tag = f"n{n}_d{args.dim}_{args.dtype}_g{args.groups}_s{args.seed}"
+        tag = (f"n{n}_d{args.dim}_{args.spectrum}_{np.dtype(store).name}_g{args.groups}"
+               f"_s{args.seed}")
         feat_path = work / f"{tag}.npy"
         t = time.perf_counter()
-        synth = reid_like_features(n, args.dim, num_groups=args.groups,
-                                   dtype=np.dtype(args.dtype).type, out=feat_path,
-                                   seed=args.seed)
+        if args.spectrum == "flat":
+            synth = flat_reid_features(n, args.dim, dtype=store, out=feat_path, seed=args.seed)
+        elif args.spectrum == "backbone":
+            synth = replicated_features(base, n, noise=args.backbone_noise, dtype=store,
+                                        out=feat_path, seed=args.seed)
+        else:
+            synth = reid_like_features(n, args.dim, num_groups=args.groups, dtype=store,
+                                       out=feat_path, seed=args.seed)
         ids = synth.identities
         del synth
         t_gen = time.perf_counter() - t
@@ -278,6 +329,8 @@ def main() -> None:
                 cmd += ["--device", args.device]
             if args.reduce_dim is not None:
                 cmd += ["--reduce-dim", str(args.reduce_dim)]
+            if args.dtype == "float32":
+                cmd += ["--in-memory"]
             t = time.perf_counter()
             subprocess.run(cmd, check=True)
             wall = time.perf_counter() - t
@@ -305,6 +358,8 @@ def main() -> None:
                   flush=True)
             for name, sec in rep["steps"]:
                 print(f"      {sec:7.1f} s  {name}")
+            if rep["info"].get("knn_choice"):
+                print(f"      kNN: {rep['info']['knn_choice']}")
             for suffix in (".labels.npy", ".knn.npy", ".json"):
                 Path(out + suffix).unlink(missing_ok=True)
         if not args.keep:

@@ -58,12 +58,24 @@ class Projection:
         components: ``(D, d)`` float32; orthonormal columns for PCA.
         kind: ``"pca"`` or ``"random"``.
         explained: fraction of the sample's variance kept (PCA only, else ``None``).
+        spectrum: ``(D,)`` float64 variances of the sample along all its principal axes,
+            descending (PCA only, else ``None``): ``spectrum[:d].sum() / spectrum.sum()`` is
+            what a projection to ``d`` dimensions would keep.
     """
 
     mean: np.ndarray
     components: np.ndarray
     kind: str
     explained: float | None = None
+    spectrum: np.ndarray | None = None
+
+    def kept(self, dim: int) -> float | None:
+        """Share of the sample's variance a PCA projection to ``dim`` dimensions keeps
+        (``None`` for a random projection)."""
+        if self.spectrum is None:
+            return None
+        total = float(self.spectrum.sum())
+        return float(self.spectrum[:dim].sum() / total) if total > 0 else 1.0
 
 
 def fit_projection(features: Any, dim: int, *, kind: str = "pca", sample: int = 32768,
@@ -107,7 +119,8 @@ def fit_projection(features: Any, dim: int, *, kind: str = "pca", sample: int = 
     evals = evals.flip(0).clamp_(min=0.0)
     comp = evecs.flip(1)[:, :dim].float().contiguous().numpy()
     explained = float(evals[:dim].sum() / evals.sum()) if float(evals.sum()) > 0 else 1.0
-    return Projection(mean.float().cpu().numpy(), comp, "pca", explained)
+    return Projection(mean.float().cpu().numpy(), comp, "pca", explained,
+                      evals.numpy().astype(np.float64))
 
 
 def project(features: Any, proj: Projection, *, device: torch.device | str = "cpu",
@@ -294,14 +307,22 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
     position[order] = np.arange(n, dtype=np.int64)
     bounds = np.zeros(nlist + 1, dtype=np.int64)
     np.cumsum(np.bincount(probes[:, 0], minlength=nlist), out=bounds[1:])
-    ys = torch.from_numpy(y[order]).to(dev)
-    ys_norm = (ys * ys).sum(1)
+    # the rows stay where they are (no permuted copy of y: when nothing was projected, y is
+    # the caller's features); the cells' rows are gathered through ``order``
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only array is only read
+        ys = torch.from_numpy(y).to(dev)
+    order_t = torch.from_numpy(order).to(dev)
+    y_norm = torch.empty(n, dtype=ys.dtype, device=dev)
+    for s in range(0, n, 8192):  # row by row the same sums, without an N x d temporary
+        y_norm[s:s + 8192] = (ys[s:s + 8192] * ys[s:s + 8192]).sum(1)
+    ys_norm = y_norm[order_t]  # by position in the cell order
+    del y_norm
     if low_precision is None:
         low_precision = fast_bfloat16(dev)
     ys_mm = ys.to(torch.bfloat16) if low_precision else ys
     cand_buf, dot_buf = _Buffer(ys_mm.dtype, dev), _Buffer(ys_mm.dtype, dev)
     d2_buf = _Buffer(torch.float32, dev)
-    order_t = torch.from_numpy(order).to(dev)
     # every row is in one cell and pass 1 writes all its k columns (padding included)
     dist_out = np.empty((n, k), dtype=np.float32)
     idx_out = np.empty((n, k), dtype=np.int64)
@@ -323,8 +344,8 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
         m, p = len(rows), len(cand)
         # |c|^2 - 2 q.c in float32 (the row's own |q|^2 is added to the k kept only), every
         # intermediate in a reused buffer
-        cb = torch.index_select(ys_mm, 0, cand, out=cand_buf.view(p, ys_mm.shape[1]))
-        dots = torch.mm(ys_mm[qpos], cb.T, out=dot_buf.view(m, p))
+        cb = torch.index_select(ys_mm, 0, order_t[cand], out=cand_buf.view(p, ys_mm.shape[1]))
+        dots = torch.mm(ys_mm[torch.from_numpy(rows).to(dev)], cb.T, out=dot_buf.view(m, p))
         d2 = torch.add(ys_norm[cand][None, :], dots, alpha=-2.0, out=d2_buf.view(m, p))
         scanned += d2.numel()
         # the row itself first (when its cell is searched)
@@ -431,7 +452,7 @@ def refine_knn(features: Any, candidates: np.ndarray, k: int, *,
     idx_out = np.empty((n, k), dtype=np.int64)
     d_in = int(features.shape[1])
     qbuf = np.empty((block, d_in), dtype=np.float32)
-    ubuf = np.empty((block * r, d_in), dtype=np.float32)  # pages touched as needed
+    ubuf = np.empty((0, d_in), dtype=np.float32)  # grown to the largest union met
     union_total = 0
     with Step(logger, f"exact re-ranking ({r} candidates, {d_in}-d)", n if n_log is None
               else n_log, total=n) as step, warnings.catch_warnings():
@@ -442,6 +463,8 @@ def refine_knn(features: Any, candidates: np.ndarray, k: int, *,
             b = len(rows)
             union, inverse = np.unique(cand, return_inverse=True)
             union_total += len(union)
+            if len(ubuf) < len(union):
+                ubuf = np.empty((min(b * r, int(len(union) * 1.25)), d_in), dtype=np.float32)
             q = torch.from_numpy(rows_float32(features, rows, qbuf)).to(dev)
             u = torch.from_numpy(rows_float32(features, union, ubuf)).to(dev)
             # only the (row, candidate) dot products: one sampled product

@@ -68,6 +68,13 @@ def rows_float32(features: Any, rows: slice | np.ndarray,
     if isinstance(features, torch.Tensor):
         index = rows if isinstance(rows, slice) else torch.as_tensor(rows, device=features.device)
         block = features[index].detach().to("cpu", torch.float32).numpy()
+    elif (out is not None and not isinstance(rows, slice) and features.dtype == np.float32
+          and len(rows) and 0 <= np.min(rows) and np.max(rows) < len(features)):
+        # float32 rows gathered straight into the buffer, no temporary block ("clip" is not
+        # buffered; the indices were checked above)
+        view = out[: len(rows)]
+        np.take(features, np.asarray(rows, dtype=np.intp), axis=0, out=view, mode="clip")
+        return view
     else:
         block = features[rows]
     if out is None:
@@ -100,9 +107,13 @@ def validate_features(features: Any) -> None:
     if shape[0] < 1 or shape[1] < 1:
         raise ValueError(f"features must have N >= 1 rows and D >= 1 columns, got {shape}")
     if isinstance(features, torch.Tensor):
-        if not torch.is_floating_point(features):
-            features = features.float()
-        finite = bool(torch.isfinite(features).all())
+        finite = True
+        if torch.is_floating_point(features):  # integers are always finite
+            step = max(1, CHUNK_ROWS * 256 // max(1, shape[1]))
+            for start in range(0, shape[0], step):  # no full-size boolean temporary
+                if not bool(torch.isfinite(features[start:start + step]).all()):
+                    finite = False
+                    break
     else:
         if not np.issubdtype(features.dtype, np.number):
             raise ValueError(f"features must be numeric, got dtype {features.dtype}")

@@ -124,9 +124,12 @@ def _squared_distances(
     read (in float32).
     """
     out = np.empty(len(rows), dtype=np.float64)
+    width = int(x.shape[1])
+    buf_r = np.empty((min(chunk, len(rows)), width), dtype=np.float32)
+    buf_c = np.empty_like(buf_r)
     for s in range(0, len(rows), chunk):
         r, c = rows[s : s + chunk], cols[s : s + chunk]
-        xr, xc = rows_float32(x, r), rows_float32(x, c)
+        xr, xc = rows_float32(x, r, buf_r), rows_float32(x, c, buf_c)
         sq_r = np.einsum("ij,ij->i", xr, xr)
         sq_c = np.einsum("ij,ij->i", xc, xc)
         dot = np.einsum("ij,ij->i", xr, xc)

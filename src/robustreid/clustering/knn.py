@@ -46,7 +46,7 @@ import torch
 
 from robustreid.errors import UserError
 
-from .ann import fit_projection, ivf_knn, neighbour_order, project, refine_knn
+from .ann import Projection, fit_projection, ivf_knn, neighbour_order, project, refine_knn
 from .arrays import num_rows, open_features, validate_features
 from .progress import Step
 
@@ -56,7 +56,8 @@ except ImportError:  # pragma: no cover - exercised only without faiss
     faiss = None
 
 __all__ = ["knn", "faiss_available", "validate_features", "choose_method", "check_knn_method",
-           "AUTO_EXACT_MAX_ROWS", "AUTO_GPU_FACTOR", "KNN_METHODS"]
+           "flat_spectrum_dim", "AUTO_EXACT_MAX_ROWS", "AUTO_GPU_FACTOR", "AUTO_FLAT_BELOW",
+           "AUTO_FLAT_KEEP", "KNN_METHODS"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,16 @@ AUTO_GPU_FACTOR = 100
 # default dimension of the projection before an approximate search, and its candidates
 DEFAULT_REDUCE_DIM = 256
 DEFAULT_CANDIDATES = 100
+# "auto" on a flat spectrum. A PCA projection that keeps less than AUTO_FLAT_BELOW of the
+# sample's variance marks a flat spectrum: there the rows' farther neighbours (the next
+# identities) are near ties that a low-dimensional projection ranks at random, and the IVF
+# search loses recall that more probes or candidates barely recover (20,000 x 256 planted rows,
+# PCA to 32 dims: recall@30 0.62, 0.77 with 300 candidates; docs/RESULTS.md). The projection
+# then doubles its dimension until it keeps AUTO_FLAT_KEEP of the variance, and the search runs
+# without one (in the full dimension, exact distances) when no dimension below D does. The
+# decaying spectra measured keep 80-82 % at 256 of 2048 dimensions and are left as they are.
+AUTO_FLAT_BELOW = 0.75
+AUTO_FLAT_KEEP = 0.9
 
 
 def check_knn_method(method: str, name: str = "method") -> None:
@@ -216,6 +227,21 @@ def choose_method(n: int, dim: int, device: torch.device | str = "cpu") -> str:
     return "exact" if float(n) ** 2 * max(1, dim) <= budget else "ivf"
 
 
+def flat_spectrum_dim(proj: Projection, dim: int) -> int:
+    """The dimension ``"auto"`` searches in after fitting the PCA ``proj`` of ``dim``-dimensional
+    features: ``proj``'s own while it keeps at least :data:`AUTO_FLAT_BELOW` of the sample's
+    variance; else the first of twice, four times, ... its dimension that keeps
+    :data:`AUTO_FLAT_KEEP`; ``dim`` (no projection) when none below ``dim`` does. A random
+    projection (no spectrum) is kept."""
+    d = int(proj.components.shape[1])
+    kept = proj.kept(d)
+    if kept is None or kept >= AUTO_FLAT_BELOW:
+        return d
+    while d < dim and (proj.kept(d) or 0.0) < AUTO_FLAT_KEEP:
+        d *= 2
+    return min(d, dim)
+
+
 def _check_int(name: str, value: Any, low: int, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
         return None
@@ -242,6 +268,7 @@ def knn(
     refine: bool | None = None,
     candidates: int | None = None,
     check_finite: bool = True,
+    info: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours of every row of ``features`` among all rows (the row itself included).
 
@@ -268,6 +295,12 @@ def knn(
         candidates: neighbours searched before re-ranking (default ``max(k, 100)``).
         check_finite: check the features for NaN / inf first (one pass over them; callers
             that checked already pass ``False``).
+        info: a dict to fill with what ``method="auto"`` chose when it took the approximate
+            search: ``knn_method``, ``knn_dim`` (dimension searched in; ``D``: no
+            projection), ``knn_kept_variance`` (share of the PCA sample's variance that
+            ``reduce_dim`` keeps) and ``knn_choice`` (the reason, in words). On a flat
+            spectrum ``"auto"`` searches in more dimensions than ``reduce_dim``
+            (:func:`flat_spectrum_dim`); ``method="ivf"`` keeps ``reduce_dim`` as given.
 
     Returns:
         ``(distances, indices)``: ``(N, k)`` float32 squared Euclidean distances (``2 - 2 cos``
@@ -293,6 +326,7 @@ def knn(
     dev = _resolve_device(features, device)
     if backend == "faiss" and faiss is None:
         raise ValueError("backend='faiss' requested but faiss is not installed")
+    adapt = method == "auto"
     if method == "auto":
         method = choose_method(n, dim, dev)
     if method == "exact":
@@ -309,31 +343,49 @@ def knn(
     return _knn_approx(features, k, method=method, dev=dev, backend=backend, hnsw_m=hnsw_m,
                        ef_search=ef_search, nlist=nlist, nprobe=nprobe, seed=seed,
                        reduce_dim=reduce_dim, projection=projection, refine=refine,
-                       candidates=candidates)
+                       candidates=candidates, adapt=adapt, info=info)
 
 
 def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backend: str,
                 hnsw_m: int, ef_search: int | None, nlist: int | None, nprobe: int | None,
                 seed: int, reduce_dim: int | None, projection: str, refine: bool | None,
-                candidates: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Projection, approximate search and exact re-ranking; see :func:`knn`."""
+                candidates: int | None, adapt: bool = False,
+                info: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Projection, approximate search and exact re-ranking; see :func:`knn`. ``adapt``: the
+    ``"auto"`` rule for flat spectra (:func:`flat_spectrum_dim`)."""
     n, dim = num_rows(features), int(features.shape[1])
     if reduce_dim is None:
         reduce_dim = DEFAULT_REDUCE_DIM if dim > DEFAULT_REDUCE_DIM else 0
     reduce_dim = min(reduce_dim, dim)
     projected = 0 < reduce_dim < dim
-    refine = projected if refine is None else bool(refine)
-    r = max(k, DEFAULT_CANDIDATES if candidates is None else candidates) if refine else k
-    r = min(r, n)
+    level = logging.INFO if n >= 50_000 else logging.DEBUG
+    record: dict[str, Any] = {"knn_method": method, "knn_dim": reduce_dim if projected else dim,
+                              "knn_kept_variance": None, "knn_choice": "as given"}
+    proj: Projection | None = None
     if projected:
         with Step(logger, f"{projection} projection {dim} -> {reduce_dim} dims (fit)", n):
             proj = fit_projection(features, reduce_dim, kind=projection, seed=seed, device=dev)
         if proj.explained is not None:
-            logger.log(logging.INFO if n >= 50_000 else logging.DEBUG,
-                       "PCA keeps %.1f %% of the sample's variance", 100 * proj.explained)
+            logger.log(level, "PCA keeps %.1f %% of the sample's variance", 100 * proj.explained)
+            record["knn_kept_variance"] = proj.explained
+        if adapt:
+            record.update(_adapt_to_spectrum(proj, dim))
+            projected = record["knn_dim"] < dim
+            proj = proj if not projected or record["knn_dim"] == reduce_dim else fit_projection(
+                features, record["knn_dim"], kind=projection, seed=seed, device=dev)
+    elif adapt:
+        record["knn_choice"] = "no projection asked for"
+    if info is not None:
+        info.update(record)
+    refine = projected if refine is None else bool(refine)
+    r = max(k, DEFAULT_CANDIDATES if candidates is None else candidates) if refine else k
+    r = min(r, n)
+    if projected and proj is not None:
         with Step(logger, f"projecting {n} rows", n, total=n) as step:
             y = project(features, proj, device=dev, step=step)
     else:
+        # the search space is the features themselves: float32 arrays are used in place,
+        # other inputs converted once (their float32 copy is what the search reads)
         with Step(logger, f"reading {n} rows as float32", n):
             y = _to_numpy_f32(features)
     order = None
@@ -358,3 +410,27 @@ def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backen
     if order is None:
         order = neighbour_order(idx)
     return refine_knn(features, idx, k, order=order, device=dev, n_log=n)
+
+
+def _adapt_to_spectrum(proj: Projection, dim: int) -> dict[str, Any]:
+    """The ``"auto"`` rule (:func:`flat_spectrum_dim`) applied and logged (``INFO``); the
+    ``knn_dim`` and ``knn_choice`` it gives."""
+    d0 = int(proj.components.shape[1])
+    kept = proj.kept(d0)
+    chosen = flat_spectrum_dim(proj, dim)
+    if kept is None:
+        why = f"random projection to {d0} dims kept (no spectrum to measure)"
+    elif chosen == d0:
+        why = (f"PCA to {d0} dims keeps {100 * kept:.1f} % of the sample's variance (at "
+               f"least {100 * AUTO_FLAT_BELOW:.0f} %): projection kept")
+    elif chosen < dim:
+        why = (f"PCA to {d0} dims keeps {100 * kept:.1f} % of the sample's variance (below "
+               f"{100 * AUTO_FLAT_BELOW:.0f} %: too flat a spectrum for this projection): "
+               f"searching in {chosen} dims, which keep {100 * (proj.kept(chosen) or 0.0):.1f} %")
+    else:
+        why = (f"PCA to {d0} dims keeps {100 * kept:.1f} % of the sample's variance (below "
+               f"{100 * AUTO_FLAT_BELOW:.0f} %: too flat a spectrum for this projection), and "
+               f"no dimension below {dim} keeps {100 * AUTO_FLAT_KEEP:.0f} %: searching without "
+               "projection")
+    logger.info("kNN auto: %s", why)
+    return {"knn_dim": chosen, "knn_choice": why}

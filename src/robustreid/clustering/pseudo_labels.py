@@ -4,6 +4,8 @@ the kNN graph."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -13,6 +15,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components, reverse_cuthill_mckee
+
+try:  # the resident high-water mark (Unix)
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
@@ -136,8 +143,10 @@ def pseudo_labels(
         k1, k2: Jaccard neighbourhood sizes, see :func:`robustreid.clustering.jaccard_distance`
             (InfoMap links each row to its ``k1`` nearest neighbours).
         knn_method: ``"auto"`` (exact up to 50,000 rows of 2048 dimensions, see
-            :func:`robustreid.clustering.choose_method`), ``"exact"``, ``"ivf"`` or ``"hnsw"``
-            (:func:`robustreid.clustering.knn`).
+            :func:`robustreid.clustering.choose_method`; above, the IVF search, in more
+            dimensions than ``reduce_dim`` on a flat spectrum:
+            :func:`robustreid.clustering.knn.flat_spectrum_dim`), ``"exact"``, ``"ivf"`` or
+            ``"hnsw"`` (:func:`robustreid.clustering.knn`).
         device: torch device for the kNN search.
         method: ``"dbscan"`` or ``"infomap"``.
         knn_options: further keyword arguments of :func:`robustreid.clustering.knn`
@@ -149,7 +158,12 @@ def pseudo_labels(
         eps_candidates: the radii ``eps="auto"`` tries, each in ``(0, 1)``.
         return_info: also return a dict of what was chosen: with ``eps="auto"``, ``eps``,
             ``eps_criterion``, ``eps_scores`` (radius as ``"0.55"`` -> score) and
-            ``time_eps_auto`` (seconds of the choice); empty for a fixed radius.
+            ``time_eps_auto`` (seconds of the choice); empty for a fixed radius and the
+            exact kNN. After an approximate kNN also what the search chose (``knn_method``,
+            ``knn_dim``, ``knn_kept_variance``, ``knn_choice``: see ``info`` of
+            :func:`robustreid.clustering.knn`) and the memory of the call, from the kernel's
+            resident-set counters (``memory_peak_rss_mb``, ``memory_rss_start_mb``,
+            ``memory_call_peak_mb``, ``memory_peak_rose``; also logged at ``INFO``).
 
     Returns:
         ``(N,)`` int64 labels ``0..C-1`` numbered by first occurrence, ``-1`` = outlier; with
@@ -185,19 +199,25 @@ def pseudo_labels(
     n = num_rows(features)
     k1, k2 = check_k(n, k1, k2)
     options = {"seed": seed, **dict(knn_options or {})}
+    requested = knn_method
     if knn_method == "auto":  # decided here once: the steps after the kNN depend on it
         knn_method = choose_method(n, int(features.shape[1]), _resolve_device(features, device))
     dtype_name = str(features.dtype).replace("torch.", "")
+    memory = _MemoryWatch()
+    knn_info: dict[str, Any] = {}
     with Step(logger, f"pseudo-labels ({method}, N={n}, D={int(features.shape[1])}, "
                       f"{dtype_name} features, kNN {knn_method})", n):
         k_search = min(n, k1 if method == "infomap" else 2 * k1)
-        dist, idx = knn(features, k_search, method=knn_method, device=device,
-                        check_finite=False, **options)
+        # "auto" goes on to knn(), which makes the same choice and adapts the approximate
+        # search to the spectrum of the features (flat_spectrum_dim)
+        dist, idx = knn(features, k_search, method=requested, device=device,
+                        check_finite=False, info=knn_info, **options)
         if method == "infomap":
             labels = infomap_labels(dist, idx, k=k1, min_similarity=infomap_min_similarity,
                                     min_size=infomap_min_size, seed=seed)
+            info = {} if knn_method == "exact" else {**knn_info, **memory.record()}
             return _result(labels, (dist, idx) if return_knn else None,
-                           {} if return_info else None)
+                           info if return_info else None)
         knn_out = (dist, idx)
         perm = None
         if knn_method != "exact":
@@ -227,7 +247,56 @@ def pseudo_labels(
             out = np.empty(n, dtype=np.int64)
             out[perm] = labels
             labels = relabel_consecutive(out)
+        if knn_method != "exact":
+            info.update(knn_info)
+            info.update(memory.record())
         return _result(labels, knn_out if return_knn else None, info if return_info else None)
+
+
+class _MemoryWatch:
+    """The resident memory of this process around a call, from the kernel's counters (Linux:
+    ``/proc/self/statm`` and ``getrusage(RUSAGE_SELF).ru_maxrss``, in kB; elsewhere
+    unknown). Pages of memory-mapped features that were read count as resident."""
+
+    def __init__(self) -> None:
+        self.start_mb = _rss_mb()
+        self.peak_before_mb = _peak_rss_mb()
+
+    def record(self) -> dict[str, Any]:
+        """``memory_peak_rss_mb``: the process' resident high-water mark after the call;
+        ``memory_rss_start_mb``: its resident size when the call began;
+        ``memory_call_peak_mb``: their difference, the most the call added at any moment
+        (exactly that when the high-water mark rose during the call, an upper bound when an
+        earlier moment of the process was higher: ``memory_peak_rose`` says which). Logged
+        at ``INFO``; ``None`` values where the platform does not tell."""
+        peak = _peak_rss_mb()
+        out: dict[str, Any] = {"memory_peak_rss_mb": peak, "memory_rss_start_mb": self.start_mb,
+                               "memory_call_peak_mb": None, "memory_peak_rose": None}
+        if peak is not None and self.start_mb is not None and self.peak_before_mb is not None:
+            out["memory_call_peak_mb"] = max(0.0, peak - self.start_mb)
+            out["memory_peak_rose"] = peak > self.peak_before_mb
+            logger.info("pseudo-labels memory: peak resident %.0f MiB (process high-water mark, "
+                        "ru_maxrss), %.0f MiB at the start of the call: the call added %s "
+                        "%.0f MiB", peak, self.start_mb,
+                        "" if out["memory_peak_rose"] else "at most", out["memory_call_peak_mb"])
+        return out
+
+
+def _rss_mb() -> float | None:
+    """Resident size of this process now, MiB (``/proc/self/statm``; ``None`` elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float | None:
+    """Resident high-water mark of this process, MiB (``ru_maxrss``: kB on Linux)."""
+    if resource is None or not sys.platform.startswith("linux"):
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _result(labels: np.ndarray, knn_out: tuple[np.ndarray, np.ndarray] | None,

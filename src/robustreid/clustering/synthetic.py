@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SyntheticFeatures", "reid_like_features"]
+__all__ = ["SyntheticFeatures", "reid_like_features", "flat_reid_features", "replicated_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,3 +172,134 @@ def reid_like_features(
     if isinstance(features, np.memmap):
         features.flush()
     return SyntheticFeatures(features, identities, cameras, families)
+
+
+def flat_reid_features(
+    n: int,
+    dim: int = 2048,
+    *,
+    mean_images: float = 18.0,
+    size_sigma: float = 0.7,
+    lookalike_share: float = 1.0 / 3.0,
+    lookalike_cos: float = 0.6,
+    num_cameras: int = 8,
+    camera_bias: float = 0.35,
+    noise: float = 0.35,
+    dtype: type[np.floating] = np.float32,
+    out: str | Path | None = None,
+    chunk: int = 16384,
+    seed: int = 0,
+) -> SyntheticFeatures:
+    """Re-ID-like unit features with a **flat** spectrum: no direction is preferred.
+
+    Identity centres are random unit vectors (isotropic); a share ``lookalike_share`` of the
+    identities are look-alikes of another identity (their centre has cosine about
+    ``lookalike_cos`` with it); every image adds its camera's random offset (norm
+    ``camera_bias``) and isotropic noise of norm about ``noise``. With many identities a PCA
+    to ``d`` of ``dim`` dimensions keeps little more than ``d / dim`` of the variance (about
+    25 % at 256 of 2048 for a million rows), unlike :func:`reid_like_features`' decaying
+    spectrum (about 80 %). Identity sizes as there (log-normal weights).
+
+    Args:
+        n, dim: rows and dimension.
+        mean_images, size_sigma: identity sizes, see :func:`reid_like_features`.
+        lookalike_share: share of identities that look like another one, in ``[0, 1]``.
+        lookalike_cos: cosine of a look-alike's centre with its model's, in ``[0, 1)``.
+        num_cameras, camera_bias: cameras and the norm of their offsets.
+        noise: norm of the isotropic noise per image.
+        dtype, out, chunk, seed: see :func:`reid_like_features`.
+
+    Returns:
+        :class:`SyntheticFeatures` (``families``: the identity each one looks like, itself
+        when it is no look-alike).
+    """
+    if n < 1 or dim < 1 or chunk < 1:
+        raise ValueError(f"n, dim and chunk must be >= 1, got n={n}, dim={dim}, chunk={chunk}")
+    if not 0.0 <= lookalike_share <= 1.0 or not 0.0 <= lookalike_cos < 1.0:
+        raise ValueError(f"need 0 <= lookalike_share <= 1 and 0 <= lookalike_cos < 1, got "
+                         f"lookalike_share={lookalike_share}, lookalike_cos={lookalike_cos}")
+    dtype = np.dtype(dtype).type
+    if dtype not in (np.float32, np.float16):
+        raise ValueError(f"dtype must be float32 or float16, got {np.dtype(dtype).name}")
+    rng = np.random.default_rng(seed)
+    num_ids = max(1, int(round(n / mean_images)))
+    weights = rng.lognormal(0.0, size_sigma, num_ids)
+    identities = np.repeat(np.arange(num_ids, dtype=np.int64),
+                           rng.multinomial(n, weights / weights.sum()))
+    rng.shuffle(identities)
+    cameras = rng.integers(0, max(1, num_cameras), n).astype(np.int64)
+    flat = np.ones(dim, dtype=np.float32)
+    centres = _directions(rng, num_ids, flat)
+    model = np.arange(num_ids, dtype=np.int64)
+    look = np.flatnonzero(rng.random(num_ids) < lookalike_share)
+    model[look] = rng.integers(0, num_ids, len(look))
+    own = np.float32(np.sqrt(1.0 - lookalike_cos ** 2))
+    centres[look] = np.float32(lookalike_cos) * centres[model[look]] + own * centres[look]
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    cam_dirs = camera_bias * _directions(rng, max(1, num_cameras), flat)
+    if out is None:
+        features: np.ndarray = np.empty((n, dim), dtype=dtype)
+    else:
+        features = np.lib.format.open_memmap(Path(out), mode="w+", dtype=dtype, shape=(n, dim))
+    noise_std = np.float32(noise / np.sqrt(dim))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        x = centres[identities[start:stop]]
+        x += cam_dirs[cameras[start:stop]]
+        x += noise_std * rng.standard_normal((stop - start, dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        features[start:stop] = x
+    if isinstance(features, np.memmap):
+        features.flush()
+    return SyntheticFeatures(features, identities, cameras, model)
+
+
+def replicated_features(
+    base: np.ndarray,
+    n: int,
+    *,
+    noise: float = 0.3,
+    dtype: type[np.floating] = np.float32,
+    out: str | Path | None = None,
+    chunk: int = 16384,
+    seed: int = 0,
+) -> SyntheticFeatures:
+    """``n`` unit rows made from real features ``base`` (e.g. a backbone's embeddings of a
+    dataset): row ``i`` is ``base[i % M]`` plus isotropic noise of norm about ``noise`` relative
+    to the row's norm, L2-normalised. The spectrum is the backbone's.
+
+    Args:
+        base: ``(M, D)`` float features, ``M >= 1`` (read in chunks; a memory map will do).
+        n: rows to make; noise: relative norm of the noise; dtype, out, chunk, seed: see
+            :func:`reid_like_features`.
+
+    Returns:
+        :class:`SyntheticFeatures` with ``identities[i] = i % M`` (the replicas of one base
+        row), ``cameras`` all 0 and ``families`` ``0..M-1``.
+    """
+    if base.ndim != 2 or len(base) < 1 or n < 1 or chunk < 1 or noise < 0:
+        raise ValueError(f"need base of shape (M, D) with M >= 1, n, chunk >= 1 and "
+                         f"noise >= 0, got base {base.shape}, n={n}, chunk={chunk}, "
+                         f"noise={noise}")
+    dtype = np.dtype(dtype).type
+    if dtype not in (np.float32, np.float16):
+        raise ValueError(f"dtype must be float32 or float16, got {np.dtype(dtype).name}")
+    m, dim = int(base.shape[0]), int(base.shape[1])
+    rng = np.random.default_rng(seed)
+    identities = np.arange(n, dtype=np.int64) % m
+    if out is None:
+        features: np.ndarray = np.empty((n, dim), dtype=dtype)
+    else:
+        features = np.lib.format.open_memmap(Path(out), mode="w+", dtype=dtype, shape=(n, dim))
+    noise_std = np.float32(noise / np.sqrt(dim))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        x = np.asarray(base[identities[start:stop]], dtype=np.float32)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+        x += noise_std * rng.standard_normal((stop - start, dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        features[start:stop] = x
+    if isinstance(features, np.memmap):
+        features.flush()
+    return SyntheticFeatures(features, identities, np.zeros(n, dtype=np.int64),
+                             np.arange(m, dtype=np.int64))
