@@ -26,6 +26,10 @@ from robustreid.clustering.knn import check_knn_method
 from robustreid.clustering.pseudo_labels import pseudo_labels
 
 
+#: What ``eps="auto"`` adds to the epoch's record (see ``pseudo_labels(return_info=True)``).
+_EPS_RECORD = ("eps", "eps_criterion", "eps_scores", "time_eps_auto")
+
+
 @dataclass
 class EpochLabels:
     """Pseudo-labels of one epoch: (N,) int64 with -1 for outliers. ``info``: what the
@@ -117,7 +121,10 @@ class ClusteringLabeller:
         if auto:
             labels, info = out
             self.chosen_eps = info["eps"]
-            return EpochLabels.from_labels(labels, info=info)
+            # the record gets the choice only (not the kNN path's memory and timing figures,
+            # which differ from run to run)
+            return EpochLabels.from_labels(labels, info={k: info[k] for k in _EPS_RECORD
+                                                         if k in info})
         return EpochLabels.from_labels(out)
 
     def describe(self) -> str:
