@@ -25,7 +25,6 @@ from robustreid.clustering.camera import camera_normalize
 from robustreid.clustering.knn import check_knn_method
 from robustreid.clustering.pseudo_labels import pseudo_labels
 
-
 #: What ``eps="auto"`` adds to the epoch's record (see ``pseudo_labels(return_info=True)``).
 _EPS_RECORD = ("eps", "eps_criterion", "eps_scores", "time_eps_auto")
 
