@@ -124,6 +124,17 @@ def valid_value(tp: Any, meta: dict[str, Any]) -> st.SearchStrategy[Any]:
                          exclude_max="lt" in meta, allow_nan=False, allow_infinity=False)
     if typing.get_origin(tp) is Literal:
         return st.sampled_from(typing.get_args(tp))
+    if typing.get_origin(tp) is typing.Union:  # e.g. cluster.eps: a radius or "auto"
+        options = []
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is typing.Annotated:
+                base, *extras = typing.get_args(arg)
+                limits = {k: v for fld in extras if isinstance(fld, FieldInfo)
+                          for k, v in _constraints(fld).items()}
+                options.append(valid_value(base, limits))
+            else:
+                options.append(valid_value(arg, {}))
+        return st.one_of(options)
     if tp is str:
         if "pattern" in meta:
             return st.sampled_from(["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
@@ -153,6 +164,8 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
         tree["data"]["eval_root"], tree["data"]["eval_options"] = "", {}
     if train["optimizer"] != "sgd" or not train["sgd_momentum"]:
         train["nesterov"] = False
+    if tree["cluster"]["method"] == "infomap" and tree["cluster"]["eps"] == "auto":
+        tree["cluster"]["eps"] = 0.5  # InfoMap has no radius to choose
     if train["scheduler"] == "cosine":
         train["min_lr"] = min(train["min_lr"], train["lr"])
     return tree
