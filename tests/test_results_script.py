@@ -115,3 +115,15 @@ def test_parts_table_writes_one_table_per_data_set_and_one_plot(tmp_path: Path) 
     assert "-0.33 [" in rows[1] and "(0/3)" in rows[1] and "| 25.0 |" in rows[1]
     base = next(line for line in text.splitlines() if line.startswith("| `baseline_mean`"))
     assert "| 75.0 (n=1) |" in base  # a diagnostic only some seeds report says so
+
+
+def test_recipe_variant_is_configs_recipe(results_script) -> None:
+    """The ablation's `recipe` variant trains what configs/recipe.yaml configures."""
+    from robustreid.config import load_config
+
+    root = SCRIPT.parents[1]
+    overrides = next(v[3] for v in results_script.VARIANTS if v[0] == "recipe")
+    variant = load_config(str(root / "configs/synthperson.yaml"), overrides)
+    recipe = load_config(str(root / "configs/recipe.yaml"), [])
+    for section in ("memory", "cluster", "refine", "model", "data"):
+        assert getattr(variant, section) == getattr(recipe, section), section
