@@ -102,8 +102,8 @@ def _recall(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def test_auto_adapts_the_projection_to_the_spectrum(monkeypatch, caplog):
-    monkeypatch.setattr(KNN_MODULE, "AUTO_EXACT_MAX_ROWS", 1000)  # 20,000 rows: approximate
-    n, dim, reduce_dim = 20_000, 256, 64  # the 1/8 to 1/4 of D the default projection keeps
+    monkeypatch.setattr(KNN_MODULE, "AUTO_EXACT_MAX_ROWS", 1000)  # 10,000 rows: approximate
+    n, dim, reduce_dim = 10_000, 256, 64  # the 1/8 to 1/4 of D the default projection keeps
     chosen = {}
     for name, synth in (("decaying", reid_like_features(n, dim, seed=1)),
                         ("flat", flat_reid_features(n, dim, seed=1))):
