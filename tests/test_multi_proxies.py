@@ -22,11 +22,10 @@ from robustreid.memory import (
     MultiProxyMemory,
 )
 from tests.conftest import make_trainer, tiny_config
+from tests.test_camera_proxies import CAMIDS, LABELS, X, _loss
 from tests.test_trainer import trained_then_killed_and_resumed
 
-# 9 samples in 3 clusters; sample 8 is an outlier
-LABELS = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, -1])
-CAMIDS = torch.tensor([0, 0, 1, 1, 2, 2, 0, 0, 1])
+# LABELS, CAMIDS: the planted set of test_camera_proxies.py (9 samples in 3 clusters, 8 an outlier)
 
 
 def _planted(seed: int = 0, d: int = 8, cls=MultiProxyMemory, **options):
@@ -36,19 +35,6 @@ def _planted(seed: int = 0, d: int = 8, cls=MultiProxyMemory, **options):
     memory.init_prototypes(torch.randn(3, d, generator=gen))
     memory.begin_epoch(feats, LABELS, CAMIDS)
     return memory, feats
-
-
-def _loss(memory, x, rows, **weights):
-    """The memory's loss of ``x`` for the samples ``rows``, with ``weights`` replacing the
-    terms' weights (on a copy)."""
-    m = copy.deepcopy(memory)
-    for name, value in weights.items():
-        setattr(m, name, value)
-    rows = torch.as_tensor(rows)
-    return m(x, LABELS[rows], rows)
-
-
-X = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(5)), dim=1)
 
 
 def test_begin_epoch_sets_two_proxy_sets_and_the_instance_memory():

@@ -66,6 +66,36 @@ def _directions(rng: np.random.Generator, count: int, scale: np.ndarray) -> np.n
     return v
 
 
+def _checked_dtype(n: int, dim: int, chunk: int, dtype: type[np.floating]) -> type:
+    """Validate the sizes; the storage dtype (float32 or float16) as a numpy type."""
+    if n < 1 or dim < 1 or chunk < 1:
+        raise ValueError(f"n, dim and chunk must be >= 1, got n={n}, dim={dim}, chunk={chunk}")
+    dtype = np.dtype(dtype).type
+    if dtype not in (np.float32, np.float16):
+        raise ValueError(f"dtype must be float32 or float16, got {np.dtype(dtype).name}")
+    return dtype
+
+
+def _identities_and_cameras(rng: np.random.Generator, n: int, mean_images: float,
+                            size_sigma: float, num_cameras: int
+                            ) -> tuple[int, np.ndarray, np.ndarray]:
+    """``I`` identities with log-normal weights, ``(N,)`` identity and camera of every row."""
+    num_ids = max(1, int(round(n / mean_images)))
+    weights = rng.lognormal(0.0, size_sigma, num_ids)
+    sizes = rng.multinomial(n, weights / weights.sum())
+    identities = np.repeat(np.arange(num_ids, dtype=np.int64), sizes)
+    rng.shuffle(identities)
+    cameras = rng.integers(0, max(1, num_cameras), n).astype(np.int64)
+    return num_ids, identities, cameras
+
+
+def _output(n: int, dim: int, dtype: type, out: str | Path | None) -> np.ndarray:
+    """The ``(N, D)`` array the rows are written to: in RAM, or a ``.npy`` memory map."""
+    if out is None:
+        return np.empty((n, dim), dtype=dtype)
+    return np.lib.format.open_memmap(Path(out), mode="w+", dtype=dtype, shape=(n, dim))
+
+
 def reid_like_features(
     n: int,
     dim: int = 2048,
@@ -112,21 +142,13 @@ def reid_like_features(
     Returns:
         :class:`SyntheticFeatures`.
     """
-    if n < 1 or dim < 1 or chunk < 1:
-        raise ValueError(f"n, dim and chunk must be >= 1, got n={n}, dim={dim}, chunk={chunk}")
+    dtype = _checked_dtype(n, dim, chunk, dtype)
     if min(common, group, family) < 0 or common + group + family >= 1:
         raise ValueError(f"need common, group, family >= 0 with common + group + family < 1, "
                          f"got common={common}, group={group}, family={family}")
-    dtype = np.dtype(dtype).type
-    if dtype not in (np.float32, np.float16):
-        raise ValueError(f"dtype must be float32 or float16, got {np.dtype(dtype).name}")
     rng = np.random.default_rng(seed)
-    num_ids = max(1, int(round(n / mean_images)))
-    weights = rng.lognormal(0.0, size_sigma, num_ids)
-    sizes = rng.multinomial(n, weights / weights.sum())
-    identities = np.repeat(np.arange(num_ids, dtype=np.int64), sizes)
-    rng.shuffle(identities)
-    cameras = rng.integers(0, max(1, num_cameras), n).astype(np.int64)
+    num_ids, identities, cameras = _identities_and_cameras(rng, n, mean_images, size_sigma,
+                                                           num_cameras)
     families = np.arange(num_ids, dtype=np.int64) // max(1, family_size)
     num_families = int(families.max()) + 1
 
@@ -146,10 +168,7 @@ def reid_like_features(
     view_basis = _directions(rng, max(1, view_rank), scale)  # (r, dim), rows unit
     id_spread = rng.uniform(1.0 - spread_range, 1.0, num_ids).astype(np.float32)
 
-    if out is None:
-        features: np.ndarray = np.empty((n, dim), dtype=dtype)
-    else:
-        features = np.lib.format.open_memmap(Path(out), mode="w+", dtype=dtype, shape=(n, dim))
+    features = _output(n, dim, dtype, out)
     start_time = time.perf_counter()
     view_std = np.float32(view_scale / np.sqrt(max(1, view_rank)))
     noise_std = np.float32(noise / np.sqrt(dim))
@@ -213,21 +232,13 @@ def flat_reid_features(
         :class:`SyntheticFeatures` (``families``: the identity each one looks like, itself
         when it is no look-alike).
     """
-    if n < 1 or dim < 1 or chunk < 1:
-        raise ValueError(f"n, dim and chunk must be >= 1, got n={n}, dim={dim}, chunk={chunk}")
+    dtype = _checked_dtype(n, dim, chunk, dtype)
     if not 0.0 <= lookalike_share <= 1.0 or not 0.0 <= lookalike_cos < 1.0:
         raise ValueError(f"need 0 <= lookalike_share <= 1 and 0 <= lookalike_cos < 1, got "
                          f"lookalike_share={lookalike_share}, lookalike_cos={lookalike_cos}")
-    dtype = np.dtype(dtype).type
-    if dtype not in (np.float32, np.float16):
-        raise ValueError(f"dtype must be float32 or float16, got {np.dtype(dtype).name}")
     rng = np.random.default_rng(seed)
-    num_ids = max(1, int(round(n / mean_images)))
-    weights = rng.lognormal(0.0, size_sigma, num_ids)
-    identities = np.repeat(np.arange(num_ids, dtype=np.int64),
-                           rng.multinomial(n, weights / weights.sum()))
-    rng.shuffle(identities)
-    cameras = rng.integers(0, max(1, num_cameras), n).astype(np.int64)
+    num_ids, identities, cameras = _identities_and_cameras(rng, n, mean_images, size_sigma,
+                                                           num_cameras)
     flat = np.ones(dim, dtype=np.float32)
     centres = _directions(rng, num_ids, flat)
     model = np.arange(num_ids, dtype=np.int64)
@@ -237,10 +248,7 @@ def flat_reid_features(
     centres[look] = np.float32(lookalike_cos) * centres[model[look]] + own * centres[look]
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     cam_dirs = camera_bias * _directions(rng, max(1, num_cameras), flat)
-    if out is None:
-        features: np.ndarray = np.empty((n, dim), dtype=dtype)
-    else:
-        features = np.lib.format.open_memmap(Path(out), mode="w+", dtype=dtype, shape=(n, dim))
+    features = _output(n, dim, dtype, out)
     noise_std = np.float32(noise / np.sqrt(dim))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -281,16 +289,11 @@ def replicated_features(
         raise ValueError(f"need base of shape (M, D) with M >= 1, n, chunk >= 1 and "
                          f"noise >= 0, got base {base.shape}, n={n}, chunk={chunk}, "
                          f"noise={noise}")
-    dtype = np.dtype(dtype).type
-    if dtype not in (np.float32, np.float16):
-        raise ValueError(f"dtype must be float32 or float16, got {np.dtype(dtype).name}")
     m, dim = int(base.shape[0]), int(base.shape[1])
+    dtype = _checked_dtype(n, dim, chunk, dtype)
     rng = np.random.default_rng(seed)
     identities = np.arange(n, dtype=np.int64) % m
-    if out is None:
-        features: np.ndarray = np.empty((n, dim), dtype=dtype)
-    else:
-        features = np.lib.format.open_memmap(Path(out), mode="w+", dtype=dtype, shape=(n, dim))
+    features = _output(n, dim, dtype, out)
     noise_std = np.float32(noise / np.sqrt(dim))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
