@@ -162,7 +162,8 @@ class CameraSpread(HookBase):
         self.camids = np.asarray(camids, dtype=np.int64)
 
     def after_pseudo_labels(self, ctx: EpochContext) -> None:
-        if not ctx.labels.instance:
+        # the loop's label-free signal (train.select_by) has already recorded the same value
+        if not ctx.labels.instance and "lf_cross_camera" not in ctx.record:
             labels = (ctx.raw_labels if ctx.raw_labels is not None else ctx.labels).labels
             ctx.record["lf_cross_camera"] = cross_camera_fraction(labels, self.camids)
 

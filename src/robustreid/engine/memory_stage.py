@@ -115,7 +115,7 @@ class MemoryStage:
             self.aggregator.load_state_dict(saa_state)
         record.update(stats)
         memory.init_prototypes(prototypes)
-        if soft is not None and not labels.instance:
+        if soft is not None:  # refine() gives none in instance epochs
             memory.set_soft_targets(soft.clusters, soft.weights)
         begin_epoch = getattr(memory, "begin_epoch", None)
         if begin_epoch is not None:  # e.g. per-camera proxies
