@@ -172,9 +172,10 @@ class ClusterConfig(ConfigSection):
     # matmul), ivf (blocked IVF on the CPU or GPU), hnsw (faiss).
     knn: Literal["auto", "exact", "ivf", "hnsw"] = "auto"
     # Approximate kNN only: PCA dimension searched in (0 = the features as they are), the
-    # projection (pca or random) and the candidates re-ranked by exact distance per image.
+    # projection (pca, random or balanced; knn auto takes balanced on a flat spectrum) and the
+    # candidates re-ranked by exact distance per image.
     knn_dim: int = Field(256, ge=0)
-    knn_projection: Literal["pca", "random"] = "pca"
+    knn_projection: Literal["pca", "random", "balanced"] = "pca"
     knn_candidates: int = Field(100, ge=1)
     # Storage of the features clustered: float16 halves their memory (the distances are
     # computed in float32 either way).

@@ -24,7 +24,9 @@ features as they are) is refused: use ``"hnsw"`` (or ``method="ivf", backend="fa
 ``reduce_dim=0`` for that search.
 
 The approximate methods first project the features to ``reduce_dim`` dimensions (PCA fitted
-on a sample, or a random projection; default 256 when ``D > 256``, ``0`` = off), search
+on a sample, a random projection, or the balanced projection of
+:func:`robustreid.clustering.ann.fit_projection`; default 256 when ``D > 256``, ``0`` = off;
+``"auto"`` takes the PCA unless the spectrum is flat, see :func:`auto_projection`), search
 ``candidates`` neighbours per row there, and re-rank them by their exact distances in the
 original ``D`` dimensions (``refine``, on by default whenever a projection is used), so the
 returned distances are true distances and only a neighbour missing from the candidates is
@@ -56,8 +58,8 @@ except ImportError:  # pragma: no cover - exercised only without faiss
     faiss = None
 
 __all__ = ["knn", "faiss_available", "validate_features", "choose_method", "check_knn_method",
-           "flat_spectrum_dim", "AUTO_EXACT_MAX_ROWS", "AUTO_GPU_FACTOR", "AUTO_FLAT_BELOW",
-           "AUTO_FLAT_KEEP", "KNN_METHODS"]
+           "auto_projection", "AUTO_EXACT_MAX_ROWS", "AUTO_GPU_FACTOR", "AUTO_FLAT_BELOW",
+           "KNN_METHODS", "PROJECTIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +77,17 @@ AUTO_GPU_FACTOR = 100
 DEFAULT_REDUCE_DIM = 256
 DEFAULT_CANDIDATES = 100
 # "auto" on a flat spectrum. A PCA projection that keeps less than AUTO_FLAT_BELOW of the
-# sample's variance marks a flat spectrum: there the rows' farther neighbours (the next
-# identities) are near ties that a low-dimensional projection ranks at random, and the IVF
-# search loses recall that more probes or candidates barely recover (20,000 x 256 planted rows,
-# PCA to 32 dims: recall@30 0.62, 0.77 with 300 candidates; docs/RESULTS.md). The projection
-# then doubles its dimension until it keeps AUTO_FLAT_KEEP of the variance, and the search runs
-# without one (in the full dimension, exact distances) when no dimension below D does. The
-# decaying spectra measured keep 80-82 % at 256 of 2048 dimensions and are left as they are.
+# sample's variance marks a flat spectrum. There the PCA keeps the few strong shared directions
+# (camera offsets) and little of what tells identities apart, and k-means cells in any
+# unbalanced space follow the shared directions: an identity's images split over its cameras'
+# cells. On 100,000 flat-spectrum rows (benchmarks/clustering_scale.py --spectrum flat) the PCA
+# to 256 dims gave recall@30 0.66 and ARI 0.33 against the exact pipeline, a search without
+# projection 0.59 and 0.02 (3 times slower), the balanced projection to 256 dims 0.82 and
+# 0.98-0.99 (docs/RESULTS.md). "auto" then takes the balanced projection, in the same number
+# of dimensions, so the time stays that of the PCA path. The decaying spectra measured keep
+# 80-82 % at 256 of 2048 dimensions and keep the PCA.
 AUTO_FLAT_BELOW = 0.75
-AUTO_FLAT_KEEP = 0.9
+PROJECTIONS = ("pca", "random", "balanced")
 
 
 def check_knn_method(method: str, name: str = "method") -> None:
@@ -227,19 +231,15 @@ def choose_method(n: int, dim: int, device: torch.device | str = "cpu") -> str:
     return "exact" if float(n) ** 2 * max(1, dim) <= budget else "ivf"
 
 
-def flat_spectrum_dim(proj: Projection, dim: int) -> int:
-    """The dimension ``"auto"`` searches in after fitting the PCA ``proj`` of ``dim``-dimensional
-    features: ``proj``'s own while it keeps at least :data:`AUTO_FLAT_BELOW` of the sample's
-    variance; else the first of twice, four times, ... its dimension that keeps
-    :data:`AUTO_FLAT_KEEP`; ``dim`` (no projection) when none below ``dim`` does. A random
-    projection (no spectrum) is kept."""
-    d = int(proj.components.shape[1])
-    kept = proj.kept(d)
-    if kept is None or kept >= AUTO_FLAT_BELOW:
-        return d
-    while d < dim and (proj.kept(d) or 0.0) < AUTO_FLAT_KEEP:
-        d *= 2
-    return min(d, dim)
+def auto_projection(proj: Projection) -> str:
+    """The projection ``"auto"`` searches in after fitting the PCA ``proj``: ``"pca"`` while it
+    keeps at least :data:`AUTO_FLAT_BELOW` of the sample's variance, else ``"balanced"``
+    (:func:`robustreid.clustering.ann.fit_projection`). A projection other than the PCA
+    (random, balanced: asked for by name) is kept as it is."""
+    if proj.kind != "pca":
+        return proj.kind
+    kept = proj.kept(int(proj.components.shape[1]))
+    return "pca" if kept is None or kept >= AUTO_FLAT_BELOW else "balanced"
 
 
 def _check_int(name: str, value: Any, low: int, allow_none: bool = True) -> int | None:
@@ -289,7 +289,10 @@ def knn(
         seed: seed of every random choice (samples, k-means, random projection).
         reduce_dim: dimension the approximate methods search in (``None``: 256 when
             ``D > 256``; ``0``: none).
-        projection: ``"pca"`` (fitted on 32,768 sampled rows) or ``"random"``.
+        projection: ``"pca"`` (fitted on 32,768 sampled rows), ``"random"`` or
+            ``"balanced"`` (:func:`robustreid.clustering.ann.fit_projection`). With
+            ``method="auto"`` the PCA is replaced by the balanced projection on a flat
+            spectrum (:func:`auto_projection`); ``method="ivf"`` keeps it as given.
         refine: re-rank the candidates by exact distances in ``D`` dimensions (``None``: when a
             projection is used).
         candidates: neighbours searched before re-ranking (default ``max(k, 100)``).
@@ -297,10 +300,9 @@ def knn(
             that checked already pass ``False``).
         info: a dict to fill with what ``method="auto"`` chose when it took the approximate
             search: ``knn_method``, ``knn_dim`` (dimension searched in; ``D``: no
-            projection), ``knn_kept_variance`` (share of the PCA sample's variance that
-            ``reduce_dim`` keeps) and ``knn_choice`` (the reason, in words). On a flat
-            spectrum ``"auto"`` searches in more dimensions than ``reduce_dim``
-            (:func:`flat_spectrum_dim`); ``method="ivf"`` keeps ``reduce_dim`` as given.
+            projection), ``knn_projection`` (``"pca"``, ``"random"``, ``"balanced"`` or
+            ``None``), ``knn_kept_variance`` (share of the PCA sample's variance that
+            ``reduce_dim`` keeps) and ``knn_choice`` (the reason, in words).
 
     Returns:
         ``(distances, indices)``: ``(N, k)`` float32 squared Euclidean distances (``2 - 2 cos``
@@ -321,8 +323,8 @@ def knn(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     reduce_dim = _check_int("reduce_dim", reduce_dim, 0)
     candidates = _check_int("candidates", candidates, 1)
-    if projection not in ("pca", "random"):
-        raise ValueError(f"projection must be 'pca' or 'random', got {projection!r}")
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
     dev = _resolve_device(features, device)
     if backend == "faiss" and faiss is None:
         raise ValueError("backend='faiss' requested but faiss is not installed")
@@ -352,7 +354,7 @@ def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backen
                 candidates: int | None, adapt: bool = False,
                 info: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Projection, approximate search and exact re-ranking; see :func:`knn`. ``adapt``: the
-    ``"auto"`` rule for flat spectra (:func:`flat_spectrum_dim`)."""
+    ``"auto"`` rule for flat spectra (:func:`auto_projection`)."""
     n, dim = num_rows(features), int(features.shape[1])
     if reduce_dim is None:
         reduce_dim = DEFAULT_REDUCE_DIM if dim > DEFAULT_REDUCE_DIM else 0
@@ -360,19 +362,24 @@ def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backen
     projected = 0 < reduce_dim < dim
     level = logging.INFO if n >= 50_000 else logging.DEBUG
     record: dict[str, Any] = {"knn_method": method, "knn_dim": reduce_dim if projected else dim,
+                              "knn_projection": projection if projected else None,
                               "knn_kept_variance": None, "knn_choice": "as given"}
     proj: Projection | None = None
     if projected:
         with Step(logger, f"{projection} projection {dim} -> {reduce_dim} dims (fit)", n):
             proj = fit_projection(features, reduce_dim, kind=projection, seed=seed, device=dev)
-        if proj.explained is not None:
-            logger.log(level, "PCA keeps %.1f %% of the sample's variance", 100 * proj.explained)
-            record["knn_kept_variance"] = proj.explained
+        kept = proj.kept(reduce_dim)
+        if kept is not None:
+            logger.log(level, "PCA to %d dims keeps %.1f %% of the sample's variance", reduce_dim,
+                       100 * kept)
+            record["knn_kept_variance"] = kept
         if adapt:
-            record.update(_adapt_to_spectrum(proj, dim))
-            projected = record["knn_dim"] < dim
-            proj = proj if not projected or record["knn_dim"] == reduce_dim else fit_projection(
-                features, record["knn_dim"], kind=projection, seed=seed, device=dev)
+            record.update(_adapt_to_spectrum(proj))
+            if record["knn_projection"] != proj.kind:
+                with Step(logger, f"{record['knn_projection']} projection {dim} -> "
+                                  f"{reduce_dim} dims (fit)", n):
+                    proj = fit_projection(features, reduce_dim, kind=record["knn_projection"],
+                                          seed=seed, device=dev)
     elif adapt:
         record["knn_choice"] = "no projection asked for"
     if info is not None:
@@ -412,25 +419,20 @@ def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backen
     return refine_knn(features, idx, k, order=order, device=dev, n_log=n)
 
 
-def _adapt_to_spectrum(proj: Projection, dim: int) -> dict[str, Any]:
-    """The ``"auto"`` rule (:func:`flat_spectrum_dim`) applied and logged (``INFO``); the
-    ``knn_dim`` and ``knn_choice`` it gives."""
+def _adapt_to_spectrum(proj: Projection) -> dict[str, Any]:
+    """The ``"auto"`` rule (:func:`auto_projection`) applied and logged (``INFO``); the
+    ``knn_projection`` and ``knn_choice`` it gives."""
     d0 = int(proj.components.shape[1])
     kept = proj.kept(d0)
-    chosen = flat_spectrum_dim(proj, dim)
-    if kept is None:
-        why = f"random projection to {d0} dims kept (no spectrum to measure)"
-    elif chosen == d0:
+    chosen = auto_projection(proj)
+    if proj.kind != "pca":
+        why = f"{proj.kind} projection to {d0} dims kept (asked for by name)"
+    elif chosen == "pca":
         why = (f"PCA to {d0} dims keeps {100 * kept:.1f} % of the sample's variance (at "
-               f"least {100 * AUTO_FLAT_BELOW:.0f} %): projection kept")
-    elif chosen < dim:
-        why = (f"PCA to {d0} dims keeps {100 * kept:.1f} % of the sample's variance (below "
-               f"{100 * AUTO_FLAT_BELOW:.0f} %: too flat a spectrum for this projection): "
-               f"searching in {chosen} dims, which keep {100 * (proj.kept(chosen) or 0.0):.1f} %")
+               f"least {100 * AUTO_FLAT_BELOW:.0f} %): PCA kept")
     else:
         why = (f"PCA to {d0} dims keeps {100 * kept:.1f} % of the sample's variance (below "
-               f"{100 * AUTO_FLAT_BELOW:.0f} %: too flat a spectrum for this projection), and "
-               f"no dimension below {dim} keeps {100 * AUTO_FLAT_KEEP:.0f} %: searching without "
-               "projection")
+               f"{100 * AUTO_FLAT_BELOW:.0f} %: a flat spectrum, where the PCA keeps the few "
+               f"strong shared directions): balanced projection to {d0} dims instead")
     logger.info("kNN auto: %s", why)
-    return {"knn_dim": chosen, "knn_choice": why}
+    return {"knn_projection": chosen, "knn_choice": why}

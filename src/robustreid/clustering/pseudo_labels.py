@@ -143,9 +143,9 @@ def pseudo_labels(
         k1, k2: Jaccard neighbourhood sizes, see :func:`robustreid.clustering.jaccard_distance`
             (InfoMap links each row to its ``k1`` nearest neighbours).
         knn_method: ``"auto"`` (exact up to 50,000 rows of 2048 dimensions, see
-            :func:`robustreid.clustering.choose_method`; above, the IVF search, in more
-            dimensions than ``reduce_dim`` on a flat spectrum:
-            :func:`robustreid.clustering.knn.flat_spectrum_dim`), ``"exact"``, ``"ivf"`` or
+            :func:`robustreid.clustering.choose_method`; above, the IVF search, after a
+            balanced instead of a PCA projection on a flat spectrum:
+            :func:`robustreid.clustering.knn.auto_projection`), ``"exact"``, ``"ivf"`` or
             ``"hnsw"`` (:func:`robustreid.clustering.knn`).
         device: torch device for the kNN search.
         method: ``"dbscan"`` or ``"infomap"``.
@@ -209,7 +209,7 @@ def pseudo_labels(
                       f"{dtype_name} features, kNN {knn_method})", n):
         k_search = min(n, k1 if method == "infomap" else 2 * k1)
         # "auto" goes on to knn(), which makes the same choice and adapts the approximate
-        # search to the spectrum of the features (flat_spectrum_dim)
+        # search to the spectrum of the features (auto_projection)
         dist, idx = knn(features, k_search, method=requested, device=device,
                         check_finite=False, info=knn_info, **options)
         if method == "infomap":
