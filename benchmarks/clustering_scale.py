@@ -196,29 +196,33 @@ def machine() -> str:
 
 
 def print_table(paths: list[str]) -> None:
-    """Markdown table of result files written by ``--json`` (no recomputation)."""
-    print("| N | backend | kNN | Jaccard / InfoMap | DBSCAN | total | peak RSS | "
+    """Markdown table of result files written by ``--json`` (no recomputation), with the
+    growth of the total time from the smallest to the largest N of each spectrum, input
+    dtype and backend (across the files given)."""
+    print("| spectrum | N | backend | kNN | Jaccard / InfoMap | DBSCAN | total | peak RSS | "
           "recall@30 | clusters / outliers | ARI truth | ARI vs exact | time vs exact |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    totals: dict[tuple[str, str], dict[int, float]] = {}
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    totals: dict[tuple[str, str, str], dict[int, float]] = {}
     for path in paths:
         info = json.loads(Path(path).read_text())
+        spectrum = info.get("spectrum", "decaying")  # files from before issue 26 have one
         for rep in info["results"]:
             t = rep["times_s"]
             second = t.get("jaccard", t.get("infomap", float("nan")))
             vs = (f"{rep['ari_vs_exact']:.4f} | {rep['time_ratio_vs_exact']:.3f}"
                   if "ari_vs_exact" in rep else "- | -")
-            print(f"| {rep['n']:,} | {rep['backend']} | {t['knn']:.1f} s | {second:.1f} s | "
-                  f"{t.get('dbscan', 0.0):.1f} s | {t['total']:.1f} s | "
+            print(f"| {spectrum} | {rep['n']:,} | {rep['backend']} | {t['knn']:.1f} s | "
+                  f"{second:.1f} s | {t.get('dbscan', 0.0):.1f} s | {t['total']:.1f} s | "
                   f"{rep['peak_rss_mb'] / 1024:.2f} GiB | {rep['recall_at_k1']:.4f} | "
                   f"{rep['clusters']:,} / {rep['outliers']:,} | {rep['ari_truth']:.4f} | {vs} |")
-            totals.setdefault((path, rep["backend"]), {})[rep["n"]] = t["total"]
-    for (path, backend), by_n in totals.items():  # growth within one run only
+            key = (spectrum, info.get("dtype", "float16-memmap"), rep["backend"])
+            totals.setdefault(key, {})[rep["n"]] = t["total"]
+    for (spectrum, dtype, backend), by_n in totals.items():
         sizes = sorted(by_n)
         if len(sizes) > 1:
             growth = by_n[sizes[-1]] / by_n[sizes[0]]
-            print(f"\n{path}, {backend}: total time x{growth:.1f} from N = {sizes[0]:,} to "
-                  f"{sizes[-1]:,} (N x{sizes[-1] / sizes[0]:.0f})")
+            print(f"\n{spectrum}, {dtype}, {backend}: total time x{growth:.1f} from N = "
+                  f"{sizes[0]:,} to {sizes[-1]:,} (N x{sizes[-1] / sizes[0]:.0f})")
 
 
 def main() -> None:

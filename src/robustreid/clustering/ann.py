@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 # k-means is fitted on at most 64 rows per cell and at most this many rows: its cost grows
 # as sample x cells, so without the cap it would grow quadratically with N
 KMEANS_SAMPLE = 65536
+# rows of a cell multiplied together in the IVF search (bounds its m x p block)
+ROW_BLOCK = 1024
 
 
 @dataclass
@@ -367,26 +369,32 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
         nonlocal scanned
         cand = torch.cat([torch.arange(int(bounds[j]), int(bounds[j + 1]), device=dev)
                           for j in cells])
-        qpos = torch.from_numpy(position[rows]).to(dev)
-        m, p = len(rows), len(cand)
-        # |c|^2 - 2 q.c, one product in the search's dtype (the row's own |q|^2 is added, in
-        # float32, to the k kept only), every intermediate in a reused buffer
-        cb = torch.index_select(ys_mm, 0, order_t[cand], out=cand_buf.view(p, ys_mm.shape[1]))
-        d2 = torch.addmm(ys_norm_mm[cand][None, :], ys_mm[torch.from_numpy(rows).to(dev)],
-                         cb.T, beta=1.0, alpha=-2.0, out=dot_buf.view(m, p))
-        scanned += d2.numel()
-        # the row itself first (when its cell is searched)
-        self_pos = torch.searchsorted(cand, qpos).clamp_(max=p - 1)
-        found = cand[self_pos] == qpos
-        d2[torch.arange(m, device=dev)[found], self_pos[found]] = -float("inf")
+        p = len(cand)
         kk = min(k, p)
-        val, pos = torch.topk(d2, kk, dim=1, largest=False, sorted=True)
-        val = val.float().add_(ys_norm[qpos, None])
-        val[found, 0] = 0.0
+        cb = torch.index_select(ys_mm, 0, order_t[cand], out=cand_buf.view(p, ys_mm.shape[1]))
+        cand_norm = ys_norm_mm[cand][None, :]
         dist = np.full((len(rows), k), np.inf, dtype=np.float32)
         idx = np.repeat(rows[:, None], k, axis=1)
-        dist[:, :kk] = val.clamp_(min=0.0).cpu().numpy()
-        idx[:, :kk] = order_t[cand[pos]].cpu().numpy()
+        # at most ROW_BLOCK rows per product: k-means cells are uneven (on a flat spectrum a
+        # cell of 10,000 rows against 200,000 candidates would be a 4 GB block)
+        for s in range(0, len(rows), ROW_BLOCK):
+            sub = rows[s:s + ROW_BLOCK]
+            m = len(sub)
+            qpos = torch.from_numpy(position[sub]).to(dev)
+            # |c|^2 - 2 q.c, one product in the search's dtype (the row's own |q|^2 is added,
+            # in float32, to the k kept only), every intermediate in a reused buffer
+            d2 = torch.addmm(cand_norm, ys_mm[torch.from_numpy(sub).to(dev)], cb.T, beta=1.0,
+                             alpha=-2.0, out=dot_buf.view(m, p))
+            scanned += d2.numel()
+            # the row itself first (when its cell is searched)
+            self_pos = torch.searchsorted(cand, qpos).clamp_(max=p - 1)
+            found = cand[self_pos] == qpos
+            d2[torch.arange(m, device=dev)[found], self_pos[found]] = -float("inf")
+            val, pos = torch.topk(d2, kk, dim=1, largest=False, sorted=True)
+            val = val.float().add_(ys_norm[qpos, None])
+            val[found, 0] = 0.0
+            dist[s:s + m, :kk] = val.clamp_(min=0.0).cpu().numpy()
+            idx[s:s + m, :kk] = order_t[cand[pos]].cpu().numpy()
         return dist, idx
 
     # pass 1: each cell's rows against the cells their probes name most
@@ -422,7 +430,8 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         ends = np.r_[starts[1:], len(key)]
         with Step(logger, f"IVF search, rows at cell borders ({len(rows_2)} rows, "
-                          f"{100.0 * len(rows_2) / n:.1f} %, {cells_2} cells)", n_log, total=len(rows_2)) as step:
+                          f"{100.0 * len(rows_2) / n:.1f} %, {cells_2} cells)", n_log,
+                  total=len(rows_2)) as step:
             for a, b in zip(starts, ends, strict=True):
                 rows = rows_2[a:b]
                 dist, idx = search(rows, choose_cells(rows, int(key[a]), cells_2))

@@ -2,17 +2,25 @@
 
 Every step of a long input (``N >= LONG_INPUT`` rows) logs at ``INFO`` when it starts, how far
 it is (at every 10 % and at least every ``interval`` seconds, once it has run ``quiet``
-seconds), and how long it took;
+seconds), and how long it took with the process' resident memory then and its high-water mark
+(Linux; a step during which the high-water mark rose set the peak);
 short inputs log the same at ``DEBUG``, so a small test or a Market-sized epoch stays quiet.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from types import TracebackType
 
-__all__ = ["LONG_INPUT", "QUIET_SECONDS", "Step"]
+try:  # the resident high-water mark (Unix)
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
+
+__all__ = ["LONG_INPUT", "QUIET_SECONDS", "Step", "rss_mb", "peak_rss_mb"]
 
 # Inputs with at least this many rows log their steps at INFO level.
 LONG_INPUT = 50_000
@@ -72,5 +80,27 @@ class Step:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.seconds = time.perf_counter() - self.start
-        if exc_type is None:
-            self.log.log(self.level, "%s done in %.1f s", self.name, self.seconds)
+        if exc_type is None and self.log.isEnabledFor(self.level):
+            now, peak = rss_mb(), peak_rss_mb()
+            if now is None or peak is None:
+                self.log.log(self.level, "%s done in %.1f s", self.name, self.seconds)
+            else:
+                self.log.log(self.level, "%s done in %.1f s (resident %.0f MiB, peak %.0f MiB)",
+                             self.name, self.seconds, now, peak)
+
+
+def rss_mb() -> float | None:
+    """Resident size of this process now, MiB (``/proc/self/statm``; ``None`` elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float | None:
+    """Resident high-water mark of this process, MiB (``ru_maxrss``: kB on Linux)."""
+    if resource is None or not sys.platform.startswith("linux"):
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -4,8 +4,6 @@ the kNN graph."""
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -16,18 +14,13 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.csgraph import connected_components, reverse_cuthill_mckee
 
-try:  # the resident high-water mark (Unix)
-    import resource
-except ImportError:  # pragma: no cover - Windows
-    resource = None  # type: ignore[assignment]
-
 from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
 from .eps_auto import EPS_CANDIDATES, choose_eps
 from .graph_clustering import infomap_labels
 from .jaccard import _jaccard_core, check_k
 from .knn import _resolve_device, check_knn_method, choose_method, knn
-from .progress import Step
+from .progress import Step, peak_rss_mb, rss_mb
 
 __all__ = ["pseudo_labels", "dbscan_sparse", "dbscan_graph", "relabel_consecutive",
            "CLUSTER_METHODS"]
@@ -259,8 +252,8 @@ class _MemoryWatch:
     unknown). Pages of memory-mapped features that were read count as resident."""
 
     def __init__(self) -> None:
-        self.start_mb = _rss_mb()
-        self.peak_before_mb = _peak_rss_mb()
+        self.start_mb = rss_mb()
+        self.peak_before_mb = peak_rss_mb()
 
     def record(self) -> dict[str, Any]:
         """``memory_peak_rss_mb``: the process' resident high-water mark after the call;
@@ -269,7 +262,7 @@ class _MemoryWatch:
         (exactly that when the high-water mark rose during the call, an upper bound when an
         earlier moment of the process was higher: ``memory_peak_rose`` says which). Logged
         at ``INFO``; ``None`` values where the platform does not tell."""
-        peak = _peak_rss_mb()
+        peak = peak_rss_mb()
         out: dict[str, Any] = {"memory_peak_rss_mb": peak, "memory_rss_start_mb": self.start_mb,
                                "memory_call_peak_mb": None, "memory_peak_rose": None}
         if peak is not None and self.start_mb is not None and self.peak_before_mb is not None:
@@ -280,23 +273,6 @@ class _MemoryWatch:
                         "%.0f MiB", peak, self.start_mb,
                         "" if out["memory_peak_rose"] else "at most", out["memory_call_peak_mb"])
         return out
-
-
-def _rss_mb() -> float | None:
-    """Resident size of this process now, MiB (``/proc/self/statm``; ``None`` elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_rss_mb() -> float | None:
-    """Resident high-water mark of this process, MiB (``ru_maxrss``: kB on Linux)."""
-    if resource is None or not sys.platform.startswith("linux"):
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _result(labels: np.ndarray, knn_out: tuple[np.ndarray, np.ndarray] | None,
