@@ -131,9 +131,13 @@ def worker(args: argparse.Namespace) -> None:
     method = options.pop("method")
     if args.reduce_dim is not None:
         options["reduce_dim"] = args.reduce_dim
-    features = open_features(args.features)
-    if args.in_memory:  # float32 in RAM, as a user holds them
-        features = np.array(features, dtype=np.float32)
+    if args.in_memory:  # float32 in RAM, as a user holds them; read, not memory-mapped (the
+        # mapped file's pages would count as resident next to the copy: twice the input)
+        features = np.load(args.features)
+        if features.dtype != np.float32:
+            features = features.astype(np.float32)
+    else:
+        features = open_features(args.features)
     n = len(features)
     t0 = time.perf_counter()
     labels, _, idx, info = pseudo_labels(
