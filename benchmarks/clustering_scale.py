@@ -80,16 +80,21 @@ BACKENDS = {
 
 
 class _StepRecorder(logging.Handler):
-    """Collects ``"<step> done in <s> s"`` messages of robustreid.clustering."""
+    """Collects ``"<step> done in <s> s"`` messages of robustreid.clustering, and the largest
+    resident size logged at the end of a step (MiB)."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.steps: list[tuple[str, str, float]] = []
+        self.max_resident_mb = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == "%s done in %.1f s" and record.args:
-            name, seconds = record.args  # type: ignore[misc]
+        if (isinstance(record.msg, str) and record.msg.startswith("%s done in %.1f s")
+                and isinstance(record.args, tuple)):
+            name, seconds = record.args[:2]
             self.steps.append((record.name, str(name), float(seconds)))
+            if len(record.args) == 4:  # "(resident %.0f MiB, peak %.0f MiB)"
+                self.max_resident_mb = max(self.max_resident_mb, float(record.args[2]))
 
 
 def _stage(logger_name: str, step: str) -> str:
@@ -155,6 +160,7 @@ def worker(args: argparse.Namespace) -> None:
     report = {"backend": backend, "n": n, "times_s": times,
               "steps": [(step, seconds) for _, step, seconds in recorder.steps],
               "peak_rss_mb": _peak_rss_mb(),
+              "max_step_end_resident_mb": recorder.max_resident_mb,
               "info": {k: v for k, v in info.items() if isinstance(v, (int, float, str, bool))},
               "clusters": int(labels.max()) + 1 if (labels >= 0).any() else 0,
               "outliers": int((labels < 0).sum())}
