@@ -221,7 +221,8 @@ def print_table(paths: list[str]) -> None:
             second = t.get("jaccard", t.get("infomap", float("nan")))
             vs = (f"{rep['ari_vs_exact']:.4f} | {rep['time_ratio_vs_exact']:.3f}"
                   if "ari_vs_exact" in rep else "- | -")
-            print(f"| {spectrum} | {rep['n']:,} | {rep['backend']} | {t['knn']:.1f} s | "
+            print(f"| {spectrum} | {rep['n']:,} | {rep['backend']} | "
+                  f"{t.get('knn', float('nan')):.1f} s | "
                   f"{second:.1f} s | {t.get('dbscan', 0.0):.1f} s | {t['total']:.1f} s | "
                   f"{rep['peak_rss_mb'] / 1024:.2f} GiB | {rep['recall_at_k1']:.4f} | "
                   f"{rep['clusters']:,} / {rep['outliers']:,} | {rep['ari_truth']:.4f} | {vs} |")

@@ -103,7 +103,7 @@ def _recall(approx: np.ndarray, exact: np.ndarray) -> float:
 
 def test_auto_takes_the_balanced_projection_on_a_flat_spectrum(monkeypatch, caplog):
     monkeypatch.setattr(KNN_MODULE, "AUTO_EXACT_MAX_ROWS", 1000)  # 12,000 rows: approximate
-    n, dim, reduce_dim = 12_000, 256, 64  # the 1/8 to 1/4 of D the default projection keeps
+    n, dim, reduce_dim = 12_000, 256, 32  # the 1/8 of D the default projection keeps
     chosen, recall = {}, {}
     for name, synth in (("decaying", reid_like_features(n, dim, seed=1)),
                         ("flat", flat_reid_features(n, dim, seed=1))):
@@ -120,16 +120,16 @@ def test_auto_takes_the_balanced_projection_on_a_flat_spectrum(monkeypatch, capl
                 _, idx4 = knn(x, 30, method="ivf", reduce_dim=reduce_dim, nprobe=4,
                               projection=kind)
                 recall[f"flat {kind} 4 cells"] = _recall(idx4, exact)
-    # the decaying spectrum keeps most of its variance in 64 dims: PCA kept; the flat one
+    # the decaying spectrum keeps most of its variance in 32 dims: PCA kept; the flat one
     # keeps little of it: the balanced projection, in as many dimensions
-    assert chosen["decaying"][0] == "pca" and chosen["decaying"][1] > 0.75
-    assert chosen["flat"][0] == "balanced" and chosen["flat"][1] < 0.6
+    assert chosen["decaying"][0] == "pca" and chosen["decaying"][1] > 0.5
+    assert chosen["flat"][0] == "balanced" and chosen["flat"][1] < 0.5
     assert recall["decaying"] >= 0.95, recall
     # on the flat spectrum the PCA cells follow the cameras and lose identity neighbours
-    # (measured 0.63 against 0.74 with the balanced projection)
+    # (the balanced search, in the same cells budget, finds more of them)
     assert recall["flat balanced 4 cells"] >= recall["flat pca 4 cells"] + 0.05, recall
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "PCA kept" in text and "balanced projection to 64 dims instead" in text
+    assert "PCA kept" in text and "balanced projection to 32 dims instead" in text
 
 
 def test_auto_projection_switches_only_a_pca_on_a_flat_spectrum():
@@ -143,7 +143,7 @@ def test_auto_projection_switches_only_a_pca_on_a_flat_spectrum():
     flat = np.ones(16)  # 2 of 16 axes keep 12.5 %
     assert KNN_MODULE.auto_projection(proj("pca", steep)) == "pca"
     assert KNN_MODULE.auto_projection(proj("pca", flat)) == "balanced"
-    assert KNN_MODULE.auto_projection(proj("pca", flat, d=12)) == "pca"  # keeps 75 %
+    assert KNN_MODULE.auto_projection(proj("pca", flat, d=8)) == "pca"  # keeps 50 %
     # projections asked for by name stay
     assert KNN_MODULE.auto_projection(proj("random", None)) == "random"
     assert KNN_MODULE.auto_projection(proj("balanced", steep)) == "balanced"
