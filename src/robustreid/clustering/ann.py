@@ -41,8 +41,8 @@ import torch
 from .arrays import CHUNK_ROWS, num_rows, rows_float32
 from .progress import Step
 
-__all__ = ["Projection", "fit_projection", "project", "ivf_knn", "default_nprobe",
-           "neighbour_order", "refine_knn"]
+__all__ = ["Projection", "SampleSpectrum", "sample_spectrum", "fit_projection", "project",
+           "ivf_knn", "default_nprobe", "neighbour_order", "refine_knn"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,79 @@ class Projection:
         return float(self.spectrum[:dim].sum() / total) if total > 0 else 1.0
 
 
+@dataclass
+class SampleSpectrum:
+    """The principal axes of a sample of rows, from which :meth:`projection` builds the PCA or
+    the balanced projection without reading the features again.
+
+    Attributes:
+        mean: ``(D,)`` float64 tensor, the sample's mean.
+        variances: ``(D,)`` float64 tensor, the variances along the principal axes, descending.
+        axes: ``(D, D)`` float64 tensor, the principal axes as columns, in that order.
+        rng_state: the state of the seeded generator after the sample was drawn (the balanced
+            projection's random matrix is drawn from it, the same on every call).
+    """
+
+    mean: torch.Tensor
+    variances: torch.Tensor
+    axes: torch.Tensor
+    rng_state: dict[str, Any]
+
+    def projection(self, dim: int, kind: str = "pca") -> Projection:
+        """The ``kind`` (``"pca"`` or ``"balanced"``, see :func:`fit_projection`) projection
+        to ``dim`` dimensions."""
+        d_in = int(self.axes.shape[0])
+        if not 1 <= dim <= d_in:
+            raise ValueError(f"projection dimension must lie in [1, D={d_in}], got {dim}")
+        evals, evecs = self.variances, self.axes
+        mean = self.mean.float().numpy()
+        spectrum = evals.numpy().astype(np.float64)
+        if kind == "balanced":
+            # W = sum_i s_i u_i u_i^T R: the axes above the median variance scaled to it
+            # (s_i < 1), the others left (s_i = 1), then R; only the scaled axes need the
+            # correction term
+            rng = np.random.default_rng()
+            rng.bit_generator.state = self.rng_state
+            median = float(evals.median())
+            scale = torch.sqrt(median / evals.clamp(min=1e-30)).clamp_(max=1.0)
+            rand = torch.from_numpy(rng.standard_normal((d_in, dim), dtype=np.float32)
+                                    / np.float32(math.sqrt(dim))).double()
+            top = scale < 1.0
+            u = evecs[:, top]
+            comp = rand - u @ ((1.0 - scale[top])[:, None] * (u.T @ rand))
+            return Projection(mean, comp.float().contiguous().numpy(), "balanced", None,
+                              spectrum)
+        if kind != "pca":
+            raise ValueError(f"a sample spectrum gives a 'pca' or 'balanced' projection, got "
+                             f"{kind!r}")
+        comp = evecs[:, :dim].float().contiguous().numpy()
+        explained = float(evals[:dim].sum() / evals.sum()) if float(evals.sum()) > 0 else 1.0
+        return Projection(mean, comp, "pca", explained, spectrum)
+
+
+def sample_spectrum(features: Any, *, sample: int = 32768, seed: int = 0,
+                    device: torch.device | str = "cpu") -> SampleSpectrum:
+    """Principal axes of ``sample`` random rows of ``features`` (all rows when ``N`` is
+    smaller), read in chunks; the covariance products on ``device``."""
+    n, d_in = (int(s) for s in features.shape)
+    rng = np.random.default_rng(seed)
+    dev = torch.device(device)
+    rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
+    buf = np.empty((min(CHUNK_ROWS, len(rows)), d_in), dtype=np.float32)
+    total = torch.zeros(d_in, dtype=torch.float64, device=dev)
+    gram = torch.zeros((d_in, d_in), dtype=torch.float32, device=dev)
+    for start in range(0, len(rows), len(buf)):
+        block = torch.from_numpy(rows_float32(features, rows[start:start + len(buf)], buf))
+        block = block.to(dev)
+        total += block.sum(0, dtype=torch.float64)
+        gram.addmm_(block.T, block)
+    mean = (total / len(rows)).cpu()
+    cov = gram.double().cpu() / len(rows) - torch.outer(mean, mean)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    return SampleSpectrum(mean, evals.flip(0).clamp_(min=0.0), evecs.flip(1),
+                          rng.bit_generator.state)
+
+
 def fit_projection(features: Any, dim: int, *, kind: str = "pca", sample: int = 32768,
                    seed: int = 0, device: torch.device | str = "cpu") -> Projection:
     """Fit a PCA on ``sample`` random rows (or draw a random projection) to ``dim`` dims.
@@ -103,48 +176,20 @@ def fit_projection(features: Any, dim: int, *, kind: str = "pca", sample: int = 
         device: torch device of the covariance products.
 
     Returns:
-        :class:`Projection`.
+        :class:`Projection` (:func:`sample_spectrum` then :meth:`SampleSpectrum.projection`
+        for the PCA and the balanced projection).
     """
-    n, d_in = (int(s) for s in features.shape)
+    d_in = int(features.shape[1])
     if not 1 <= dim <= d_in:
         raise ValueError(f"projection dimension must lie in [1, D={d_in}], got {dim}")
-    rng = np.random.default_rng(seed)
     if kind == "random":
+        rng = np.random.default_rng(seed)
         comp = rng.standard_normal((d_in, dim), dtype=np.float32) / np.float32(math.sqrt(dim))
         return Projection(np.zeros(d_in, np.float32), comp, "random")
     if kind not in ("pca", "balanced"):
         raise ValueError(f"projection kind must be 'pca', 'random' or 'balanced', got {kind!r}")
-    dev = torch.device(device)
-    rows = np.sort(rng.choice(n, size=min(n, sample), replace=False))
-    buf = np.empty((min(CHUNK_ROWS, len(rows)), d_in), dtype=np.float32)
-    total = torch.zeros(d_in, dtype=torch.float64, device=dev)
-    gram = torch.zeros((d_in, d_in), dtype=torch.float32, device=dev)
-    for start in range(0, len(rows), len(buf)):
-        block = torch.from_numpy(rows_float32(features, rows[start:start + len(buf)], buf))
-        block = block.to(dev)
-        total += block.sum(0, dtype=torch.float64)
-        gram.addmm_(block.T, block)
-    mean = total / len(rows)
-    cov = gram.double().cpu() / len(rows) - torch.outer(mean.cpu(), mean.cpu())
-    evals, evecs = torch.linalg.eigh(cov)  # ascending
-    evals = evals.flip(0).clamp_(min=0.0)
-    evecs = evecs.flip(1)
-    spectrum = evals.numpy().astype(np.float64)
-    if kind == "balanced":
-        # W = sum_i s_i u_i u_i^T R: the axes above the median variance scaled to it (s_i < 1),
-        # the others left (s_i = 1), then R; only the scaled axes need the correction term
-        median = float(evals.median())
-        scale = torch.sqrt(median / evals.clamp(min=1e-30)).clamp_(max=1.0)
-        rand = torch.from_numpy(rng.standard_normal((d_in, dim), dtype=np.float32)
-                                / np.float32(math.sqrt(dim))).double()
-        top = scale < 1.0
-        u = evecs[:, top]
-        comp = rand - u @ ((1.0 - scale[top])[:, None] * (u.T @ rand))
-        return Projection(mean.float().cpu().numpy(), comp.float().contiguous().numpy(),
-                          "balanced", None, spectrum)
-    comp = evecs[:, :dim].float().contiguous().numpy()
-    explained = float(evals[:dim].sum() / evals.sum()) if float(evals.sum()) > 0 else 1.0
-    return Projection(mean.float().cpu().numpy(), comp, "pca", explained, spectrum)
+    return sample_spectrum(features, sample=sample, seed=seed, device=device).projection(
+        dim, kind)
 
 
 def project(features: Any, proj: Projection, *, device: torch.device | str = "cpu",

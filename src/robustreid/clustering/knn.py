@@ -48,7 +48,16 @@ import torch
 
 from robustreid.errors import UserError
 
-from .ann import Projection, fit_projection, ivf_knn, neighbour_order, project, refine_knn
+from .ann import (
+    Projection,
+    SampleSpectrum,
+    fit_projection,
+    ivf_knn,
+    neighbour_order,
+    project,
+    refine_knn,
+    sample_spectrum,
+)
 from .arrays import num_rows, open_features, validate_features
 from .progress import Step
 
@@ -368,9 +377,15 @@ def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backen
                               "knn_projection": projection if projected else None,
                               "knn_kept_variance": None, "knn_choice": "as given"}
     proj: Projection | None = None
+    spectrum: SampleSpectrum | None = None
     if projected:
         with Step(logger, f"{projection} projection {dim} -> {reduce_dim} dims (fit)", n):
-            proj = fit_projection(features, reduce_dim, kind=projection, seed=seed, device=dev)
+            if projection == "random":
+                proj = fit_projection(features, reduce_dim, kind=projection, seed=seed,
+                                      device=dev)
+            else:  # PCA or balanced: from one spectrum, which "auto" may switch between
+                spectrum = sample_spectrum(features, seed=seed, device=dev)
+                proj = spectrum.projection(reduce_dim, projection)
         kept = proj.kept(reduce_dim)
         if kept is not None:
             logger.log(level, "PCA to %d dims keeps %.1f %% of the sample's variance", reduce_dim,
@@ -378,11 +393,8 @@ def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backen
             record["knn_kept_variance"] = kept
         if adapt:
             record.update(_adapt_to_spectrum(proj))
-            if record["knn_projection"] != proj.kind:
-                with Step(logger, f"{record['knn_projection']} projection {dim} -> "
-                                  f"{reduce_dim} dims (fit)", n):
-                    proj = fit_projection(features, reduce_dim, kind=record["knn_projection"],
-                                          seed=seed, device=dev)
+            if spectrum is not None and record["knn_projection"] != proj.kind:
+                proj = spectrum.projection(reduce_dim, record["knn_projection"])
     elif adapt:
         record["knn_choice"] = "no projection asked for"
     if info is not None:
