@@ -67,6 +67,7 @@ from robustreid.clustering.synthetic import (
     reid_like_features,
     replicated_features,
 )
+from robustreid.utils import cpu_name
 
 K1, K2, EPS, MIN_SAMPLES = 30, 6, 0.6, 4
 BACKENDS = {
@@ -192,14 +193,7 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return (f"{os.cpu_count()} CPU cores ({cpu}), {mem:.0f} GiB RAM, torch threads "
             f"{torch.get_num_threads()}, {platform.system()} {platform.release()}")
