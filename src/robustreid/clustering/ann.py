@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,13 @@ logger = logging.getLogger(__name__)
 KMEANS_SAMPLE = 65536
 # rows of a cell multiplied together in the IVF search (bounds its m x p block)
 ROW_BLOCK = 1024
+#: ``ivf_knn(..., reference=...)`` searches the fewest cells (from the default up) whose
+#: first pass holds at least this share of the sampled rows' exact neighbours ...
+COVERAGE_TARGET = 0.97
+#: ... within this many nominal pairs (``N x nprobe x N / nlist``): what the default search
+#: compares at a million rows (48 cells of 512 rows per row), so more cells are searched only
+#: where the time stays under that of the default at a million rows
+ADAPT_MAX_PAIRS = 48 * 512 * 1_000_000
 
 
 @dataclass
@@ -292,6 +300,32 @@ def _nearest_centroids(y: np.ndarray, cent: torch.Tensor, nprobe: int, dev: torc
     return out
 
 
+def _choose_cells(probes: np.ndarray, first: int, cells: int, cent_d2: np.ndarray
+                  ) -> np.ndarray:
+    """The ``cells`` cells that ``probes`` (``(m, v)`` probes of a cell's rows) name most,
+    ``first`` first (ties by the distance of the centroids to ``first``'s, ``cent_d2``:
+    ``(nlist, nlist)``), sorted."""
+    votes = np.bincount(probes.ravel(), minlength=len(cent_d2))
+    votes[first] = votes.max() + 1
+    return np.sort(np.lexsort((cent_d2[first], -votes))[:cells])
+
+
+def _coverage(probes: np.ndarray, order: np.ndarray, bounds: np.ndarray, cent_d2: np.ndarray,
+              rows: np.ndarray, neighbours: np.ndarray, nprobe: int) -> float:
+    """Share of the sampled ``rows``' exact ``neighbours`` (``(S, k)`` row indices) that lie in
+    the cells the first pass of :func:`ivf_knn` searches for their cell with ``nprobe`` cells
+    (votes from the first ``nprobe // 2`` columns of ``probes``)."""
+    vote = max(1, nprobe // 2)
+    cell_of = probes[:, 0]
+    found = 0
+    for row, nbrs in zip(rows, neighbours, strict=True):
+        c = int(cell_of[row])
+        members = order[bounds[c]:bounds[c + 1]]
+        cells = _choose_cells(probes[members, :vote], c, nprobe, cent_d2)
+        found += int(np.isin(cell_of[nbrs], cells).sum())
+    return found / neighbours.size
+
+
 def _merge(d1: np.ndarray, i1: np.ndarray, d2: np.ndarray, i2: np.ndarray, k: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest of two ``(m, k)`` neighbour lists of the same rows, each index once."""
@@ -318,7 +352,9 @@ def default_nprobe(n: int) -> int:
 
 def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | None = None,
             iters: int = 10, seed: int = 0, device: torch.device | str = "cpu",
-            low_precision: bool | None = None, border: int = 5, n_log: int | None = None
+            low_precision: bool | None = None, border: int = 5, n_log: int | None = None,
+            reference: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+            info: dict[str, Any] | None = None,
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Approximate kNN of every row of ``y`` among all rows by the blocked IVF search.
 
@@ -347,6 +383,15 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
             norms added in the product) are then rounded to bfloat16, errors of a few 1e-3;
             meant for candidates that :func:`refine_knn` re-ranks exactly.
         n_log: ``N`` used to choose the log level (default ``N``).
+        reference: with ``nprobe=None``, a function returning ``(rows, neighbours)``: ``(S,)``
+            sampled rows and ``(S, k')`` their exact neighbours (indices, the row itself
+            left out). Then the number of cells searched is measured instead of fixed: the
+            fewest of ``default, 1.5x, 2x, 3x, ...`` whose first pass holds at least
+            :data:`COVERAGE_TARGET` of those neighbours, at most what keeps the nominal
+            pairs ``N x nprobe x N / nlist`` within :data:`ADAPT_MAX_PAIRS` (the function is
+            not called where that bound leaves no choice, e.g. at a million rows).
+        info: a dict that gets ``knn_nprobe`` (cells searched) and, when measured,
+            ``knn_coverage`` (``{nprobe: share}`` for every number tried).
 
     Returns:
         ``(distances, indices, order)``: ``(N, k)`` float32 squared distances in ``y``'s
@@ -361,9 +406,13 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
     if nlist is None:
         nlist = int(round(n / 512))
     nlist = max(1, min(int(nlist), n))
+    measure = reference is not None and nprobe is None
     nprobe = default_nprobe(n) if nprobe is None else int(nprobe)
     nprobe = max(1, min(nprobe, nlist))
-    vote = max(1, nprobe // 2)
+    # the most cells a measured choice may search (the probes are ranked that deep once;
+    # their memory, N x most / 2 int32, is at most about 100 MB at any N)
+    most = max(nprobe, min(nlist, int(ADAPT_MAX_PAIRS * nlist / float(n) ** 2))) \
+        if measure else nprobe
     gen = torch.Generator().manual_seed(seed)
     n_log = n if n_log is None else n_log
     with Step(logger, f"k-means ({nlist} cells, {y.shape[1]}-d)", n_log):
@@ -371,7 +420,7 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
         train = y[np.sort(rng.choice(n, size=min(n, 64 * nlist, KMEANS_SAMPLE),
                                      replace=False))]
         cent = _kmeans(torch.from_numpy(train).to(dev), nlist, iters, gen)
-        probes = _nearest_centroids(y, cent, vote, dev)
+        probes = _nearest_centroids(y, cent, max(1, most // 2), dev)
     cent_norm = (cent * cent).sum(1)
     cent_d2 = _sq_dist(cent, cent_norm, cent, cent_norm).cpu().numpy()  # (nlist, nlist)
     order = np.argsort(probes[:, 0], kind="stable").astype(np.int64)
@@ -379,6 +428,31 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
     position[order] = np.arange(n, dtype=np.int64)
     bounds = np.zeros(nlist + 1, dtype=np.int64)
     np.cumsum(np.bincount(probes[:, 0], minlength=nlist), out=bounds[1:])
+    coverage: dict[int, float] = {}
+    if most > nprobe:
+        assert reference is not None
+        with Step(logger, "choosing the cells searched from sampled exact neighbours", n_log):
+            rows, neighbours = reference()
+            ladder = sorted({*(int(nprobe * f) for f in (1, 1.5, 2, 3, 4, 6, 8, 12, 16)
+                               if int(nprobe * f) < most), most})
+            for cells in ladder:
+                coverage[cells] = _coverage(probes, order, bounds, cent_d2, rows, neighbours,
+                                            cells)
+                if coverage[cells] >= COVERAGE_TARGET:
+                    break
+            nprobe = cells
+        logger.log(logging.INFO if n_log >= 50_000 else logging.DEBUG,
+                   "IVF cells searched: %d (share of %d sampled rows' exact neighbours in "
+                   "the cells searched: %s; target %.2f, at most %d cells)", nprobe,
+                   len(rows), ", ".join(f"{c}: {v:.3f}" for c, v in coverage.items()),
+                   COVERAGE_TARGET, most)
+    vote = max(1, nprobe // 2)
+    if probes.shape[1] > vote:
+        probes = np.ascontiguousarray(probes[:, :vote])
+    if info is not None:
+        info["knn_nprobe"] = nprobe
+        if coverage:
+            info["knn_coverage"] = {str(c): round(v, 4) for c, v in coverage.items()}
     # the rows stay where they are (no permuted copy of y: when nothing was projected, y is
     # the caller's features); the cells' rows are gathered through ``order``
     with warnings.catch_warnings():
@@ -403,11 +477,7 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
     scanned = 0
 
     def choose_cells(rows: np.ndarray, first: int, cells: int) -> np.ndarray:
-        """The ``cells`` cells the rows' probes name most, ``first`` first (ties by the
-        distance of the centroids to ``first``'s), sorted."""
-        votes = np.bincount(probes[rows].ravel(), minlength=nlist)
-        votes[first] = votes.max() + 1
-        return np.sort(np.lexsort((cent_d2[first], -votes))[:cells])
+        return _choose_cells(probes[rows], first, cells, cent_d2)
 
     def search(rows: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(m, k)`` distances and indices of the rows' nearest among the cells' rows."""

@@ -58,7 +58,7 @@ from .ann import (
     refine_knn,
     sample_spectrum,
 )
-from .arrays import num_rows, open_features, validate_features
+from .arrays import CHUNK_ROWS, num_rows, open_features, rows_float32, validate_features
 from .progress import Step
 
 try:  # faiss is optional
@@ -68,7 +68,7 @@ except ImportError:  # pragma: no cover - exercised only without faiss
 
 __all__ = ["knn", "faiss_available", "validate_features", "choose_method", "check_knn_method",
            "auto_projection", "AUTO_EXACT_MAX_ROWS", "AUTO_GPU_FACTOR", "AUTO_FLAT_BELOW",
-           "KNN_METHODS", "PROJECTIONS"]
+           "KNN_METHODS", "PROJECTIONS", "sampled_neighbours", "REFERENCE_ROWS", "REFERENCE_K"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,13 @@ DEFAULT_CANDIDATES = 100
 # flat spectra measured (27-38 % at 256 of 2048 dimensions) and the decaying ones (77-82 %).
 AUTO_FLAT_BELOW = 0.5
 PROJECTIONS = ("pca", "random", "balanced")
+
+
+#: ``method="auto"``: rows sampled, and neighbours per row, to measure the IVF search's cells
+#: against (:func:`sampled_neighbours`; ``256 x N x D`` products, about 1 s at 100,000 rows of
+#: 2048 dimensions on 2 CPU cores)
+REFERENCE_ROWS = 256
+REFERENCE_K = 30
 
 
 def check_knn_method(method: str, name: str = "method") -> None:
@@ -413,9 +420,14 @@ def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backen
     order = None
     use_faiss = backend == "faiss" or method == "hnsw"
     if method == "ivf" and not use_faiss:
+        # auto: the cells searched are measured on sampled rows' exact neighbours
+        reference = None
+        if adapt and nprobe is None:
+            def reference() -> tuple[np.ndarray, np.ndarray]:
+                return sampled_neighbours(features, min(k, REFERENCE_K), seed=seed, device=dev)
         dist, idx, order = ivf_knn(y, r, nlist=nlist, nprobe=nprobe, seed=seed,
                                    device=dev, low_precision=None if refine else False,
-                                   n_log=n)
+                                   n_log=n, reference=reference, info=info)
         if not refine:
             return dist[:, :k], idx[:, :k]
         del dist  # distances in the projected space: re-ranking replaces them
@@ -432,6 +444,45 @@ def _knn_approx(features: Any, k: int, *, method: str, dev: torch.device, backen
     if order is None:
         order = neighbour_order(idx)
     return refine_knn(features, idx, k, order=order, device=dev, n_log=n)
+
+
+def sampled_neighbours(features: Any, k: int, *, sample: int = REFERENCE_ROWS, seed: int = 0,
+                       device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest neighbours of a random sample of rows, in ``D`` dimensions: what
+    ``method="auto"`` measures the IVF search's cells against.
+
+    Args:
+        features: ``(N, D)`` array (any input :func:`knn` takes), read in chunks of
+            :data:`~robustreid.clustering.arrays.CHUNK_ROWS` rows.
+        k: neighbours per sampled row, the row itself left out (``1 <= k < N``).
+        sample: rows drawn (at most ``N``); seed: seed of the draw.
+        device: torch device of the products.
+
+    Returns:
+        ``(rows, neighbours)``: ``(S,)`` int64 sorted sampled rows and ``(S, k)`` int64 their
+        ``k`` nearest other rows by Euclidean distance, nearest first. ``S * N * D`` products.
+    """
+    features = open_features(features)
+    n = num_rows(features)
+    if not 1 <= k < n:
+        raise ValueError(f"k must lie in [1, N - 1] (N={n}), got {k}")
+    dev = torch.device(device)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, size=min(sample, n), replace=False)).astype(np.int64)
+    q = torch.from_numpy(rows_float32(features, rows)).to(dev)
+    best_d = torch.full((len(rows), k + 1), float("inf"), device=dev)
+    best_i = torch.zeros((len(rows), k + 1), dtype=torch.int64, device=dev)
+    for s in range(0, n, CHUNK_ROWS):
+        block = torch.from_numpy(rows_float32(features, slice(s, s + CHUNK_ROWS))).to(dev)
+        # |x|^2 - 2 q.x: the query's own |q|^2 does not change its ranking
+        d2 = torch.addmm((block * block).sum(1)[None, :], q, block.T, beta=1.0, alpha=-2.0)
+        cols = torch.arange(s, s + len(block), device=dev)
+        d2[torch.from_numpy(rows).to(dev)[:, None] == cols[None, :]] = float("inf")
+        d = torch.cat([best_d, d2], 1)
+        i = torch.cat([best_i, cols.expand(len(rows), -1)], 1)
+        best_d, pos = torch.topk(d, k + 1, dim=1, largest=False, sorted=True)
+        best_i = torch.gather(i, 1, pos)
+    return rows, best_i[:, :k].cpu().numpy()
 
 
 def _adapt_to_spectrum(proj: Projection) -> dict[str, Any]:
