@@ -17,7 +17,10 @@ Methods (``method=``)
   ``efConstruction=40``, ``efSearch=max(64, 2 * k)`` unless ``ef_search`` is given).
 * ``"auto"``: ``"exact"`` while the exact search costs at most as much as one of
   :data:`AUTO_EXACT_MAX_ROWS` rows of 2048 dimensions on the CPU (``N^2 D`` multiply-adds;
-  100 times that on a CUDA device), else ``"ivf"``; see :func:`choose_method`.
+  100 times that on a CUDA device), else ``"ivf"``; see :func:`choose_method`. With the
+  torch IVF and no ``nprobe`` given, it also measures how many cells to search on the exact
+  neighbours of sampled rows (:func:`sampled_neighbours`; ``reference`` of
+  :func:`robustreid.clustering.ann.ivf_knn`).
 
 ``"approx"`` (an older name: faiss HNSW, or faiss IVF with ``approx_index="ivf"``, on the
 features as they are) is refused: use ``"hnsw"`` (or ``method="ivf", backend="faiss"``) with
@@ -321,7 +324,10 @@ def knn(
             search: ``knn_method``, ``knn_dim`` (dimension searched in; ``D``: no
             projection), ``knn_projection`` (``"pca"``, ``"random"``, ``"balanced"`` or
             ``None``), ``knn_kept_variance`` (share of the PCA sample's variance that
-            ``reduce_dim`` keeps) and ``knn_choice`` (the reason, in words).
+            ``reduce_dim`` keeps), ``knn_choice`` (the reason, in words), and with the torch
+            IVF ``knn_nprobe`` (cells searched) and, where ``"auto"`` measured it,
+            ``knn_coverage`` (``{"32": share, ...}``: share of the sampled rows' exact
+            neighbours in the cells searched, for every number of cells tried).
 
     Returns:
         ``(distances, indices)``: ``(N, k)`` float32 squared Euclidean distances (``2 - 2 cos``

@@ -153,8 +153,8 @@ def pseudo_labels(
             ``eps_criterion``, ``eps_scores`` (radius as ``"0.55"`` -> score) and
             ``time_eps_auto`` (seconds of the choice); empty for a fixed radius and the
             exact kNN. After an approximate kNN also what the search chose (``knn_method``,
-            ``knn_dim``, ``knn_kept_variance``, ``knn_choice``: see ``info`` of
-            :func:`robustreid.clustering.knn`) and the memory of the call, from the kernel's
+            ``knn_dim``, ``knn_kept_variance``, ``knn_choice``, ``knn_nprobe`` and, where
+            measured, ``knn_coverage``: see ``info`` of :func:`robustreid.clustering.knn`) and the memory of the call, from the kernel's
             resident-set counters (``memory_peak_rss_mb``, ``memory_rss_start_mb``,
             ``memory_call_peak_mb``, ``memory_peak_rose``; also logged at ``INFO``).
 
