@@ -59,6 +59,8 @@ COVERAGE_TARGET = 0.97
 #: compares at a million rows (48 cells of 512 rows per row), so more cells are searched only
 #: where the time stays under that of the default at a million rows
 ADAPT_MAX_PAIRS = 48 * 512 * 1_000_000
+#: ... and within this many bytes of ranked probes (``N x nprobe / 2`` int32)
+PROBES_BYTES = 128 * 2**20
 
 
 @dataclass
@@ -409,10 +411,13 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
     measure = reference is not None and nprobe is None
     nprobe = default_nprobe(n) if nprobe is None else int(nprobe)
     nprobe = max(1, min(nprobe, nlist))
-    # the most cells a measured choice may search (the probes are ranked that deep once;
-    # their memory, N x most / 2 int32, is at most about 100 MB at any N)
-    most = max(nprobe, min(nlist, int(ADAPT_MAX_PAIRS * nlist / float(n) ** 2))) \
-        if measure else nprobe
+    # the most cells a measured choice may search: within the pairs bound, and the probes
+    # (ranked that deep once, N x most / 2 int32) within PROBES_BYTES
+    most = nprobe
+    if measure:
+        most = min(nlist, int(ADAPT_MAX_PAIRS * nlist / float(n) ** 2),
+                   2 * PROBES_BYTES // (4 * n))
+        most = max(nprobe, most)
     gen = torch.Generator().manual_seed(seed)
     n_log = n if n_log is None else n_log
     with Step(logger, f"k-means ({nlist} cells, {y.shape[1]}-d)", n_log):
@@ -429,8 +434,7 @@ def ivf_knn(y: np.ndarray, k: int, *, nlist: int | None = None, nprobe: int | No
     bounds = np.zeros(nlist + 1, dtype=np.int64)
     np.cumsum(np.bincount(probes[:, 0], minlength=nlist), out=bounds[1:])
     coverage: dict[int, float] = {}
-    if most > nprobe:
-        assert reference is not None
+    if reference is not None and most > nprobe:
         with Step(logger, "choosing the cells searched from sampled exact neighbours", n_log):
             rows, neighbours = reference()
             ladder = sorted({*(int(nprobe * f) for f in (1, 1.5, 2, 3, 4, 6, 8, 12, 16)
