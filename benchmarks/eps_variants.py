@@ -132,6 +132,50 @@ def summarise(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+#: label-free quantities compared as model-selection signals (``--signals``): record key ->
+#: what it is; each scores the model after epoch ``e`` from the clustering that starts ``e + 1``
+SIGNALS = {
+    "label_free_score": "agreement x cross-camera share (train.select_by's score)",
+    "lf_agreement": "ARI with the previous epoch's pseudo-labels",
+    "lf_cross_camera": "share of clustered images in multi-camera clusters",
+    "outliers": "DBSCAN outliers (fewer is better)",
+    "clusters": "number of clusters",
+    "epoch": "no signal: the latest model (reference)",
+}
+LOWER_IS_BETTER = {"outliers"}
+
+
+def signal_table(out: Path) -> list[str]:
+    """How well each label-free quantity of :data:`SIGNALS` picks the epoch, over every run
+    folder under ``out``: models ``1 .. E - 1`` (the final model has only the product
+    score), pick loss = best mAP minus the mAP of the model the quantity ranks first (mean over
+    runs, points), Spearman correlation with mAP over the models (mean over runs)."""
+    rows = []
+    runs = sorted(out.glob("*/eps*/seed*/metrics.jsonl"))
+    for key, what in SIGNALS.items():
+        losses, rhos = [], []
+        for path in runs:
+            by_epoch = {r["epoch"]: r for r in read_metrics(path.parent)}
+            # the reference row ranks the models by their own epoch
+            models = [(e if key == "epoch" else by_epoch[e + 1][key], by_epoch[e]["mAP"])
+                      for e in sorted(by_epoch)
+                      if e >= 1 and "mAP" in by_epoch[e] and key in by_epoch.get(e + 1, {})]
+            if len(models) < 3:
+                continue
+            sign = -1.0 if key in LOWER_IS_BETTER else 1.0
+            values = [sign * v for v, _ in models]
+            maps = [m for _, m in models]
+            losses.append(max(maps) - maps[int(np.argmax(values))])
+            if np.ptp(values) > 0 and np.ptp(maps) > 0:
+                rhos.append(float(stats.spearmanr(values, maps).statistic))
+        if losses:
+            rows.append(f"| `{key}` ({what}) | {len(losses)} | "
+                        f"{100 * statistics.mean(losses):.2f} | "
+                        f"{statistics.mean(rhos):+.2f} |")
+    return ["| signal | runs | pick loss (points) | Spearman with mAP |",
+            "|---|---:|---:|---:|", *rows]
+
+
 def train_one(args: argparse.Namespace, variant: str, eps: str, seed: int) -> dict[str, Any]:
     run_dir = Path(args.out) / run_key(variant, eps, seed)
     overrides = [*BUDGET, *VARIANTS[variant][1], *args.set, f"cluster.eps={eps}",
@@ -240,10 +284,16 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra overrides for every run (e.g. a shorter smoke test)")
     parser.add_argument("--table", action="store_true", help="only print the table")
+    parser.add_argument("--signals", action="store_true",
+                        help="only compare the label-free quantities as epoch pickers, from "
+                             "the run folders under --out")
     args = parser.parse_args()
     for eps in args.grid:
         if not 0 < float(eps) < 1:
             parser.error(f"--grid radii must lie in (0, 1), got {eps}")
+    if args.signals:
+        print("\n".join(signal_table(Path(args.out))))
+        return
     results_file = Path(args.json)
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     if not args.table:
