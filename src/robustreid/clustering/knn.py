@@ -476,8 +476,8 @@ def sampled_neighbours(features: Any, k: int, *, sample: int = REFERENCE_ROWS, s
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(sample, n), replace=False)).astype(np.int64)
     q = torch.from_numpy(rows_float32(features, rows)).to(dev)
-    best_d = torch.full((len(rows), k + 1), float("inf"), device=dev)
-    best_i = torch.zeros((len(rows), k + 1), dtype=torch.int64, device=dev)
+    best_d = torch.full((len(rows), k), float("inf"), device=dev)
+    best_i = torch.zeros((len(rows), k), dtype=torch.int64, device=dev)
     for s in range(0, n, CHUNK_ROWS):
         block = torch.from_numpy(rows_float32(features, slice(s, s + CHUNK_ROWS))).to(dev)
         # |x|^2 - 2 q.x: the query's own |q|^2 does not change its ranking
@@ -486,9 +486,9 @@ def sampled_neighbours(features: Any, k: int, *, sample: int = REFERENCE_ROWS, s
         d2[torch.from_numpy(rows).to(dev)[:, None] == cols[None, :]] = float("inf")
         d = torch.cat([best_d, d2], 1)
         i = torch.cat([best_i, cols.expand(len(rows), -1)], 1)
-        best_d, pos = torch.topk(d, k + 1, dim=1, largest=False, sorted=True)
+        best_d, pos = torch.topk(d, k, dim=1, largest=False, sorted=True)
         best_i = torch.gather(i, 1, pos)
-    return rows, best_i[:, :k].cpu().numpy()
+    return rows, best_i.cpu().numpy()
 
 
 def _adapt_to_spectrum(proj: Projection) -> dict[str, Any]:
