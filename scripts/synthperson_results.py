@@ -180,7 +180,9 @@ def main() -> None:
     order = {n: i for i, n in enumerate(args.only)} if args.only else {}
     ablation = sorted((v for v in VARIANTS if v[4]), key=lambda v: order.get(v[0], 0))
     if args.jobs > 1:
-        run_workers(args, [v[0] for v in ablation if not args.only or v[0] in args.only])
+        chosen = [v[0] for v in ablation if not args.only or v[0] in args.only]
+        if chosen:  # an empty --only list in a worker would mean every variant
+            run_workers(args, chosen)
         merge_parts(out)
         results = json.loads(results_file.read_text()) if results_file.is_file() else {}
         ablation = []  # done by the workers
