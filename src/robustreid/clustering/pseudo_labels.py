@@ -154,9 +154,10 @@ def pseudo_labels(
             ``time_eps_auto`` (seconds of the choice); empty for a fixed radius and the
             exact kNN. After an approximate kNN also what the search chose (``knn_method``,
             ``knn_dim``, ``knn_kept_variance``, ``knn_choice``, ``knn_nprobe`` and, where
-            measured, ``knn_coverage``: see ``info`` of :func:`robustreid.clustering.knn`) and the memory of the call, from the kernel's
-            resident-set counters (``memory_peak_rss_mb``, ``memory_rss_start_mb``,
-            ``memory_call_peak_mb``, ``memory_peak_rose``; also logged at ``INFO``).
+            measured, ``knn_coverage``: see ``info`` of :func:`robustreid.clustering.knn`) and
+            the memory of the call, from the kernel's resident-set counters
+            (``memory_peak_rss_mb``, ``memory_rss_start_mb``, ``memory_call_peak_mb``,
+            ``memory_peak_rose``; also logged at ``INFO``).
 
     Returns:
         ``(N,)`` int64 labels ``0..C-1`` numbered by first occurrence, ``-1`` = outlier; with
