@@ -1,7 +1,7 @@
 """``cluster.eps: auto`` and the label-free model selection, after training, on SynthPerson
 variants that move the right radius (issue 25).
 
-Run (from the repository root; 84 training runs, about 1.5 hours on 2 CPU cores)::
+Run (from the repository root; 84 training runs, 71 minutes two at a time on 2 CPU cores)::
 
     PYTHONPATH=src python benchmarks/eps_variants.py --jobs 2 \\
         --json benchmarks/results/eps_variants.json
