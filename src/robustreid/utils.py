@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 import random
 import sys
 from pathlib import Path
@@ -36,8 +37,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``'s ``model name`` on Linux, else what
     :mod:`platform` knows), for naming the machine beside timings and results."""
-    import platform
-
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
