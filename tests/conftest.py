@@ -4,6 +4,7 @@ hypothesis profiles of the property-based tests."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from torch import nn
@@ -55,6 +56,22 @@ from robustreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from robustreid.models import build_model  # noqa: E402
 
 TINY_HEIGHT, TINY_WIDTH = 32, 16
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("benchmarks/x.py")``: import a script of the repository (a benchmark or
+    ``scripts/`` file, not a package module) by its path, as a module named after the file."""
+    import importlib.util
+
+    def load(relative: str):
+        path = REPO_ROOT / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 def write_tiny_checkpoint(path, seed: int = 0, height: int = TINY_HEIGHT,

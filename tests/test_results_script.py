@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,11 +11,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "synthperson_results.
 
 
 @pytest.fixture(scope="module")
-def results_script():
-    spec = importlib.util.spec_from_file_location("synthperson_results", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def results_script(load_script):
+    return load_script("scripts/synthperson_results.py")
 
 
 def _run(variant: str, seed: int, m: float, device: str = "cpu-x") -> dict:
@@ -81,10 +77,9 @@ def test_paired_difference_and_table(tmp_path: Path, results_script) -> None:
     assert "+2.50 [" in row and "(4/4)" in row and "| 25.0 |" in row and "20.0 (21.0)" in row
 
 
-def test_parts_table_writes_one_table_per_data_set_and_one_plot(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("parts_table", SCRIPT.parent / "parts_table.py")
-    parts = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(parts)
+def test_parts_table_writes_one_table_per_data_set_and_one_plot(tmp_path: Path,
+                                                                load_script) -> None:
+    parts = load_script("scripts/parts_table.py")
     files = []
     for name, gain in (("a", 0.02), ("b", -0.01)):
         results = {}

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,15 +12,10 @@ import torch
 from robustreid.clustering.quality import majority_identities
 from robustreid.memory import ClusterMemory
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "prototype_robustness.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("prototype_robustness", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("benchmarks/prototype_robustness.py")
 
 
 def _args(**overrides) -> argparse.Namespace:
