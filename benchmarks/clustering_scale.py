@@ -61,7 +61,7 @@ import numpy as np
 import torch
 
 from robustreid.clustering import open_features, pseudo_labels
-from robustreid.clustering.arrays import rows_float32
+from robustreid.clustering.knn import query_neighbours
 from robustreid.clustering.synthetic import (
     flat_reid_features,
     reid_like_features,
@@ -166,24 +166,6 @@ def worker(args: argparse.Namespace) -> None:
               "clusters": int(labels.max()) + 1 if (labels >= 0).any() else 0,
               "outliers": int((labels < 0).sum())}
     Path(args.out + ".json").write_text(json.dumps(report, indent=1))
-
-
-def exact_query_neighbours(features: Any, queries: np.ndarray, k: int,
-                           chunk: int = 32768) -> np.ndarray:
-    """``(q, k)`` exact nearest rows of the ``queries`` rows (brute force, float32)."""
-    q = torch.from_numpy(rows_float32(features, queries))
-    n = len(features)
-    best_d = torch.full((len(queries), k), float("inf"))
-    best_i = torch.zeros((len(queries), k), dtype=torch.int64)
-    buf = np.empty((min(chunk, n), features.shape[1]), dtype=np.float32)
-    for s in range(0, n, chunk):
-        block = torch.from_numpy(rows_float32(features, slice(s, s + chunk), buf))
-        d2 = (block * block).sum(1)[None, :] - 2.0 * q @ block.T
-        d = torch.cat([best_d, d2], 1)
-        i = torch.cat([best_i, torch.arange(s, s + len(block)).expand(len(queries), -1)], 1)
-        best_d, pos = torch.topk(d, k, dim=1, largest=False)
-        best_i = torch.gather(i, 1, pos)
-    return best_i.numpy()
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -319,7 +301,7 @@ def main() -> None:
         if cache.exists():
             exact_q = np.load(cache)
         else:
-            exact_q = exact_query_neighbours(features, queries, K1)
+            exact_q = query_neighbours(features, queries, K1)
             np.save(cache, exact_q)
         t_exact_q = time.perf_counter() - t
         print(f"N={n}: {ids.max() + 1} identities, features {feat_path.stat().st_size / 2**30:.1f}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from robustreid.clustering import ann, knn
-from robustreid.clustering.knn import sampled_neighbours
+from robustreid.clustering.knn import query_neighbours, sampled_neighbours
 
 KNN_MODULE = __import__("robustreid.clustering.knn", fromlist=["knn"])
 
@@ -41,6 +41,18 @@ def test_sampled_neighbours_are_the_exact_neighbours_of_the_sampled_rows():
     np.testing.assert_array_equal(nbrs, _brute(x, rows, 12))
     with pytest.raises(ValueError, match="k must lie"):
         sampled_neighbours(x, 3000)
+
+
+def test_query_neighbours_keep_the_row_itself_unless_told(monkeypatch):
+    monkeypatch.setattr(KNN_MODULE, "CHUNK_ROWS", 500)  # 2000 rows: four blocks
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2000, 8)).astype(np.float32)
+    rows = np.array([3, 700, 1999])
+    with_self = query_neighbours(x, rows, 6)
+    np.testing.assert_array_equal(with_self[:, 0], rows)  # each row its own nearest
+    np.testing.assert_array_equal(with_self[:, 1:], _brute(x, rows, 5))
+    np.testing.assert_array_equal(query_neighbours(x, rows, 6, exclude_self=True),
+                                  _brute(x, rows, 6))
 
 
 def test_sampled_neighbours_read_the_features_in_chunks(monkeypatch):

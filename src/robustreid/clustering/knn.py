@@ -71,7 +71,8 @@ except ImportError:  # pragma: no cover - exercised only without faiss
 
 __all__ = ["knn", "faiss_available", "validate_features", "choose_method", "check_knn_method",
            "auto_projection", "AUTO_EXACT_MAX_ROWS", "AUTO_GPU_FACTOR", "AUTO_FLAT_BELOW",
-           "KNN_METHODS", "PROJECTIONS", "sampled_neighbours", "REFERENCE_ROWS", "REFERENCE_K"]
+           "KNN_METHODS", "PROJECTIONS", "sampled_neighbours", "query_neighbours",
+           "REFERENCE_ROWS", "REFERENCE_K"]
 
 logger = logging.getLogger(__name__)
 
@@ -458,37 +459,60 @@ def sampled_neighbours(features: Any, k: int, *, sample: int = REFERENCE_ROWS, s
     ``method="auto"`` measures the IVF search's cells against.
 
     Args:
-        features: ``(N, D)`` array (any input :func:`knn` takes), read in chunks of
-            :data:`~robustreid.clustering.arrays.CHUNK_ROWS` rows.
+        features: ``(N, D)`` array (any input :func:`knn` takes).
         k: neighbours per sampled row, the row itself left out (``1 <= k < N``).
         sample: rows drawn (at most ``N``); seed: seed of the draw.
         device: torch device of the products.
 
     Returns:
         ``(rows, neighbours)``: ``(S,)`` int64 sorted sampled rows and ``(S, k)`` int64 their
-        ``k`` nearest other rows by Euclidean distance, nearest first. ``S * N * D`` products.
+        ``k`` nearest other rows (:func:`query_neighbours`).
     """
     features = open_features(features)
     n = num_rows(features)
     if not 1 <= k < n:
         raise ValueError(f"k must lie in [1, N - 1] (N={n}), got {k}")
-    dev = torch.device(device)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(sample, n), replace=False)).astype(np.int64)
+    return rows, query_neighbours(features, rows, k, exclude_self=True, device=device)
+
+
+def query_neighbours(features: Any, rows: np.ndarray, k: int, *, exclude_self: bool = False,
+                     device: torch.device | str = "cpu") -> np.ndarray:
+    """Exact nearest neighbours of some rows of ``features`` among all rows, by brute force.
+
+    Args:
+        features: ``(N, D)`` array (any input :func:`knn` takes), read in chunks of
+            :data:`~robustreid.clustering.arrays.CHUNK_ROWS` rows (float32 products).
+        rows: ``(S,)`` int indices of the query rows.
+        k: neighbours per query row (``1 <= k <= N``, ``N - 1`` with ``exclude_self``).
+        exclude_self: leave each query row out of its own neighbours.
+        device: torch device of the products.
+
+    Returns:
+        ``(S, k)`` int64 indices by Euclidean distance, nearest first. ``S * N * D``
+        products; memory ``S x (k + CHUNK_ROWS)``.
+    """
+    features = open_features(features)
+    n = num_rows(features)
+    rows = np.asarray(rows, dtype=np.int64)
+    dev = torch.device(device)
     q = torch.from_numpy(rows_float32(features, rows)).to(dev)
     best_d = torch.full((len(rows), k), float("inf"), device=dev)
     best_i = torch.zeros((len(rows), k), dtype=torch.int64, device=dev)
+    buf = np.empty((min(CHUNK_ROWS, n), int(features.shape[1])), dtype=np.float32)
     for s in range(0, n, CHUNK_ROWS):
-        block = torch.from_numpy(rows_float32(features, slice(s, s + CHUNK_ROWS))).to(dev)
+        block = torch.from_numpy(rows_float32(features, slice(s, s + CHUNK_ROWS), buf)).to(dev)
         # |x|^2 - 2 q.x: the query's own |q|^2 does not change its ranking
         d2 = torch.addmm((block * block).sum(1)[None, :], q, block.T, beta=1.0, alpha=-2.0)
         cols = torch.arange(s, s + len(block), device=dev)
-        d2[torch.from_numpy(rows).to(dev)[:, None] == cols[None, :]] = float("inf")
+        if exclude_self:
+            d2[torch.from_numpy(rows).to(dev)[:, None] == cols[None, :]] = float("inf")
         d = torch.cat([best_d, d2], 1)
         i = torch.cat([best_i, cols.expand(len(rows), -1)], 1)
         best_d, pos = torch.topk(d, k, dim=1, largest=False, sorted=True)
         best_i = torch.gather(i, 1, pos)
-    return rows, best_i.cpu().numpy()
+    return best_i.cpu().numpy()
 
 
 def _adapt_to_spectrum(proj: Projection) -> dict[str, Any]:
