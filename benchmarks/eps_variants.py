@@ -222,9 +222,12 @@ def _ci(d: dict[str, float] | None) -> str:
 
 
 def table(results: dict) -> list[str]:
-    """The markdown table of docs/method.md, from the kept results."""
+    """The markdown table of docs/RESULTS.md, from the kept results."""
+    if not results:
+        return ["no results yet"]
     cpus = sorted({r["cpu"] for r in results.values()})
-    lines = [f"Measured on {', '.join(cpus)}, {results and next(iter(results.values()))['threads']}"
+    threads = sorted({r["threads"] for r in results.values()})
+    lines = [f"Measured on {', '.join(cpus)}, {'/'.join(map(str, threads))}"
              " torch thread(s) per run, "
              f"{max(r['parallel_jobs'] for r in results.values())} runs at a time. mAP of the "
              "last epoch, mean over the seeds (%); Δ = mean paired difference in points "
