@@ -116,10 +116,18 @@ def build_labeller(cfg: Config, data: ReIDData, device: torch.device) -> PseudoL
                             f"{data.name!r} has images of unknown identity")
         return SupervisedLabeller([s.pid for s in data.train])
     cl = cfg.cluster
+    cameras = [s.camid for s in data.train]
+    if cl.intra_camera_k1 is not None and len(set(cameras)) < 2:
+        raise UserError(f"cluster.intra_camera_k1={cl.intra_camera_k1} (camera-aware ranking "
+                        f"lists) needs images from several cameras, but the training split of "
+                        f"{data.name!r} has {len(set(cameras))} camera(s): use "
+                        "cluster.intra_camera_k1=null, or give the images their camera ids "
+                        "(README, 'Your own images')")
     labeller: PseudoLabeller = ClusteringLabeller(
         cl.eps, cl.min_samples, cl.k1, cl.k2, knn_method=cl.knn,
-        camids=[s.camid for s in data.train] if cl.camera_normalize else None, device=device,
-        method=cl.method, feature_dtype=cl.feature_dtype,
+        camids=cameras, camera_normalize=cl.camera_normalize,
+        intra_camera_k1=cl.intra_camera_k1, device=device, method=cl.method,
+        feature_dtype=cl.feature_dtype,
         knn_options={"reduce_dim": cl.knn_dim, "projection": cl.knn_projection,
                      "candidates": cl.knn_candidates},
         infomap_min_sim=cl.infomap_min_sim, infomap_min_size=cl.infomap_min_size)

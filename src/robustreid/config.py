@@ -188,6 +188,11 @@ class ClusterConfig(ConfigSection):
     infomap_min_size: int = Field(2, ge=1)
     # Subtract each camera's mean feature before clustering (against camera bias).
     camera_normalize: bool = False
+    # Camera-aware ranking lists for the Jaccard distance (CA-Jaccard style): null = the
+    # classic k1 nearest; an integer n = each image's k1-list holds itself, its n nearest
+    # images of its own camera and its k1 - 1 - n nearest of the other cameras (exact search;
+    # DBSCAN only; needs camera ids of at least two cameras).
+    intra_camera_k1: int | None = Field(None, ge=0)
     # Instance-discrimination warm-up: for the first N epochs every training image is its own
     # pseudo-identity (no clustering), for networks that start without useful features.
     warmup_epochs: int = Field(0, ge=0)
@@ -558,6 +563,27 @@ def _check_combinations(cfg: Config, sources: Sources) -> None:
             f"train.num_instances={k} (P x K batches: P pseudo-identities with K = "
             f"num_instances images each)", sources,
             f"e.g. train.batch_size={nearest}")
+    cc = cfg.cluster
+    if cc.intra_camera_k1 is not None:
+        if cc.method != "dbscan":
+            raise _combination_error(
+                ["cluster.intra_camera_k1", "cluster.method"],
+                f"cluster.intra_camera_k1 builds the ranking lists of the Jaccard distance, "
+                f"but cluster.method={cc.method} does not use it", sources,
+                "set cluster.method=dbscan, or cluster.intra_camera_k1=null")
+        if cc.intra_camera_k1 > cc.k1 - 1:
+            raise _combination_error(
+                ["cluster.intra_camera_k1", "cluster.k1"],
+                f"cluster.intra_camera_k1={cc.intra_camera_k1} must be <= cluster.k1 - 1 = "
+                f"{cc.k1 - 1} (each list holds the image itself, intra_camera_k1 images of its "
+                f"own camera and the rest from other cameras)", sources,
+                f"set cluster.intra_camera_k1 <= {cc.k1 - 1}")
+        if cc.knn not in ("auto", "exact"):
+            raise _combination_error(
+                ["cluster.intra_camera_k1", "cluster.knn"],
+                f"cluster.intra_camera_k1 searches the camera-aware lists exactly, but "
+                f"cluster.knn={cc.knn} asks for an approximate search", sources,
+                "set cluster.knn=auto or exact, or cluster.intra_camera_k1=null")
     for section, sec in (("cluster", cfg.cluster), ("eval", cfg.eval)):
         if sec.k2 > sec.k1:
             raise _combination_error(
@@ -602,7 +628,9 @@ def check_config(cfg: Config) -> None:
     * ``data.eval_root`` / ``data.eval_options`` only with ``data.eval_dataset``;
     * ``train.nesterov`` only with ``train.optimizer=sgd`` and ``train.sgd_momentum > 0``;
     * ``train.min_lr <= train.lr`` with ``train.scheduler=cosine``;
-    * ``cluster.eps=auto`` only with ``cluster.method=dbscan``.
+    * ``cluster.eps=auto`` only with ``cluster.method=dbscan``;
+    * ``cluster.intra_camera_k1`` only with ``cluster.method=dbscan``, ``cluster.knn`` auto
+      or exact, and at most ``cluster.k1 - 1``.
 
     Raises:
         ConfigError: naming the keys and their values.

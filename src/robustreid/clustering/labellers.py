@@ -70,8 +70,11 @@ class ClusteringLabeller:
         k1, k2: k-reciprocal neighbourhood sizes (InfoMap: ``k1`` links per image).
         knn_method: ``auto``, ``exact``, ``ivf`` or ``hnsw`` nearest-neighbour search
             (:func:`robustreid.clustering.knn`).
-        camids: (N,) camera ids of the training images, to subtract each camera's mean
-            feature first (``None``: no camera normalisation).
+        camids: (N,) camera ids of the training images (needed by the two options below).
+        camera_normalize: subtract each camera's mean feature first.
+        intra_camera_k1: camera-aware ranking lists (``pseudo_labels(intra_camera_k1=...)``):
+            each ``k1``-list holds the image, this many of its own camera and the rest from
+            other cameras; ``None``: the classic lists.
         device: where the kNN search runs.
         method: ``dbscan`` or ``infomap``.
         knn_options: further keyword arguments of :func:`robustreid.clustering.knn`
@@ -82,7 +85,8 @@ class ClusteringLabeller:
 
     def __init__(self, eps: float | str, min_samples: int, k1: int, k2: int,
                  knn_method: str = "auto", camids: Sequence[int] | None = None,
-                 device: torch.device | None = None, *, method: str = "dbscan",
+                 device: torch.device | None = None, *, camera_normalize: bool = False,
+                 intra_camera_k1: int | None = None, method: str = "dbscan",
                  knn_options: Mapping[str, Any] | None = None,
                  feature_dtype: str = "float32", infomap_min_sim: float = 0.5,
                  infomap_min_size: int = 2) -> None:
@@ -93,7 +97,12 @@ class ClusteringLabeller:
             raise ValueError(f"eps must be a radius in (0, 1) or 'auto', got {eps!r}")
         self.eps, self.min_samples, self.k1, self.k2 = eps, min_samples, k1, k2
         self.knn_method = knn_method
+        if (camera_normalize or intra_camera_k1 is not None) and camids is None:
+            raise ValueError("camera_normalize and intra_camera_k1 need camids, the camera id "
+                             "of every training image")
         self.camids = None if camids is None else torch.as_tensor(list(camids))
+        self.camera_normalize = camera_normalize
+        self.intra_camera_k1 = intra_camera_k1
         self.device = device
         self.method = method
         self.knn_options = dict(knn_options or {})
@@ -103,7 +112,7 @@ class ClusteringLabeller:
 
     def __call__(self, features: Any, epoch: int) -> EpochLabels:
         """Labels of ``features``: an (N, D) tensor, or an (N, D) array / memory map."""
-        if self.camids is not None:
+        if self.camera_normalize:
             features = camera_normalize(torch.as_tensor(np.asarray(features))
                                         if not isinstance(features, torch.Tensor)
                                         else features, self.camids)
@@ -116,7 +125,9 @@ class ClusteringLabeller:
                             device=self.device, method=self.method,
                             knn_options=self.knn_options,
                             infomap_min_similarity=self.infomap_min_sim,
-                            infomap_min_size=self.infomap_min_size, return_info=auto)
+                            infomap_min_size=self.infomap_min_size, return_info=auto,
+                            camids=None if self.intra_camera_k1 is None else self.camids.numpy(),
+                            intra_camera_k1=self.intra_camera_k1)
         if auto:
             labels, info = out
             self.chosen_eps = info["eps"]

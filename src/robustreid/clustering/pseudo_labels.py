@@ -16,6 +16,7 @@ from scipy.sparse.csgraph import connected_components, reverse_cuthill_mckee
 
 from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
+from .camera_knn import camera_knn, check_camera_lists
 from .eps_auto import EPS_CANDIDATES, choose_eps
 from .graph_clustering import infomap_labels
 from .jaccard import _jaccard_core, check_k
@@ -116,6 +117,8 @@ def pseudo_labels(
     return_knn: bool = False,
     eps_candidates: Sequence[float] = EPS_CANDIDATES,
     return_info: bool = False,
+    camids: Any = None,
+    intra_camera_k1: int | None = None,
 ) -> np.ndarray | tuple[Any, ...]:
     """Cluster ``features`` into pseudo-identities (cluster-contrast style).
 
@@ -158,15 +161,32 @@ def pseudo_labels(
             the memory of the call, from the kernel's resident-set counters
             (``memory_peak_rss_mb``, ``memory_rss_start_mb``, ``memory_call_peak_mb``,
             ``memory_peak_rose``; also logged at ``INFO``).
+        camids: ``(N,)`` integer camera ids; only read with ``intra_camera_k1``.
+        intra_camera_k1: ``None`` (the classic ranking lists), or camera-aware ranking lists
+            (:func:`robustreid.clustering.camera_knn.camera_knn`): each image's ``k1``-list
+            holds itself, its ``intra_camera_k1`` nearest images of its own camera and its
+            ``k1 - 1 - intra_camera_k1`` nearest of the other cameras. DBSCAN only; the
+            lists come from an exact search (``knn_method`` ``"auto"`` or ``"exact"``), and
+            ``camids`` must name at least two cameras.
 
     Returns:
         ``(N,)`` int64 labels ``0..C-1`` numbered by first occurrence, ``-1`` = outlier; with
-        ``return_knn``, ``(labels, distances, indices)`` with the ``(N, K)`` kNN (``K = 2 k1``,
-        ``k1`` for InfoMap); with ``return_info``, the info dict comes last.
+        ``return_knn``, ``(labels, distances, indices)`` with the ``(N, K)`` kNN (``K = 2 k1``;
+        ``k1`` for InfoMap and with ``intra_camera_k1``); with ``return_info``, the info dict
+        comes last.
     """
     if method not in CLUSTER_METHODS:
         raise ValueError(f"method must be one of {CLUSTER_METHODS}, got {method!r}")
     check_knn_method(knn_method, "knn_method")
+    if intra_camera_k1 is not None:
+        if method != "dbscan":
+            raise ValueError("intra_camera_k1 (camera-aware ranking lists) is for the Jaccard "
+                             f"distance of method='dbscan', got method={method!r}")
+        if knn_method not in ("auto", "exact"):
+            raise ValueError("intra_camera_k1 (camera-aware ranking lists) searches exactly: "
+                             f"use knn_method='auto' or 'exact', got {knn_method!r}")
+        if camids is None:
+            raise ValueError("intra_camera_k1 needs camids, the (N,) camera id of every row")
     auto = isinstance(eps, str)
     if auto and eps != "auto":
         raise ValueError(f"eps must be a radius in (0, 1) or 'auto', got eps={eps!r}")
@@ -192,9 +212,13 @@ def pseudo_labels(
     validate_features(features)
     n = num_rows(features)
     k1, k2 = check_k(n, k1, k2)
+    if intra_camera_k1 is not None:
+        cams = check_camera_lists(camids, n, k1, int(intra_camera_k1))
     options = {"seed": seed, **dict(knn_options or {})}
     requested = knn_method
-    if knn_method == "auto":  # decided here once: the steps after the kNN depend on it
+    if intra_camera_k1 is not None:
+        knn_method = requested = "exact"
+    elif knn_method == "auto":  # decided here once: the steps after the kNN depend on it
         knn_method = choose_method(n, int(features.shape[1]), _resolve_device(features, device))
     dtype_name = str(features.dtype).replace("torch.", "")
     memory = _MemoryWatch()
@@ -204,8 +228,14 @@ def pseudo_labels(
         k_search = min(n, k1 if method == "infomap" else 2 * k1)
         # "auto" goes on to knn(), which makes the same choice and adapts the approximate
         # search to the spectrum of the features (auto_projection)
-        dist, idx = knn(features, k_search, method=requested, device=device,
-                        check_finite=False, info=knn_info, **options)
+        if intra_camera_k1 is not None:
+            with Step(logger, f"camera-aware ranking lists (k1={k1}, "
+                              f"{intra_camera_k1} of the own camera)", n):
+                dist, idx = camera_knn(features, cams, k1, int(intra_camera_k1),
+                                       device=device)
+        else:
+            dist, idx = knn(features, k_search, method=requested, device=device,
+                            check_finite=False, info=knn_info, **options)
         if method == "infomap":
             labels = infomap_labels(dist, idx, k=k1, min_similarity=infomap_min_similarity,
                                     min_size=infomap_min_size, seed=seed)
