@@ -94,10 +94,16 @@ VARIANTS = [
     ("eps_auto", "DBSCAN radius chosen every epoch without labels (`cluster.eps=auto`; mean "
      "init, `mean` update)", "train",
      ["memory.init=mean", "memory.update=mean", "cluster.eps=auto"], True),
-    ("recipe", "the recipe (configs/recipe.yaml): camera-aware proxies + multi-proxies with "
-     "instance hard negatives (`memory.kind=camera_multi_proxies`), mean init, `mean` update",
+    ("recipe", "the stop-16 recipe: camera-aware proxies + multi-proxies with instance hard "
+     "negatives (`memory.kind=camera_multi_proxies`), mean init, `mean` update, no camera "
+     "normalisation",
      "train", ["memory.init=mean", "memory.update=mean", "memory.kind=camera_multi_proxies"],
      True),
+    ("recipe_camera_normalize", "the recipe (configs/recipe.yaml): the stop-16 recipe with "
+     "camera-normalised clustering (`memory.kind=camera_multi_proxies`, "
+     "`cluster.camera_normalize=true`), mean init, `mean` update", "train",
+     ["memory.init=mean", "memory.update=mean", "memory.kind=camera_multi_proxies",
+      "cluster.camera_normalize=true"], True),
     ("synth_pretrained", "SynthPerson-trained start: the baseline from the weights of "
      "configs/pretrain_synthperson.yaml (supervised on a separate seed-7 Market-sized render) "
      "instead of ImageNet's", "train",

@@ -113,11 +113,12 @@ def test_parts_table_writes_one_table_per_data_set_and_one_plot(tmp_path: Path,
 
 
 def test_recipe_variant_is_configs_recipe(results_script) -> None:
-    """The ablation's `recipe` variant trains what configs/recipe.yaml configures."""
+    """The ablation's `recipe_camera_normalize` variant trains what configs/recipe.yaml
+    configures (`recipe` is the stop-16 recipe, before camera normalisation joined it)."""
     from robustreid.config import load_config
 
     root = SCRIPT.parents[1]
-    overrides = next(v[3] for v in results_script.VARIANTS if v[0] == "recipe")
+    overrides = next(v[3] for v in results_script.VARIANTS if v[0] == "recipe_camera_normalize")
     variant = load_config(str(root / "configs/synthperson.yaml"), overrides)
     recipe = load_config(str(root / "configs/recipe.yaml"), [])
     for section in ("memory", "cluster", "refine", "model", "data"):
