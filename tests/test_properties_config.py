@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import tempfile
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -124,16 +125,19 @@ def valid_value(tp: Any, meta: dict[str, Any]) -> st.SearchStrategy[Any]:
                          exclude_max="lt" in meta, allow_nan=False, allow_infinity=False)
     if typing.get_origin(tp) is Literal:
         return st.sampled_from(typing.get_args(tp))
-    if typing.get_origin(tp) is typing.Union:  # e.g. cluster.eps: a radius or "auto"
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        # e.g. cluster.eps: a radius or "auto"; cluster.intra_camera_k1: a count or None
         options = []
         for arg in typing.get_args(tp):
-            if typing.get_origin(arg) is typing.Annotated:
+            if arg is type(None):
+                options.append(st.none())
+            elif typing.get_origin(arg) is typing.Annotated:
                 base, *extras = typing.get_args(arg)
                 limits = {k: v for fld in extras if isinstance(fld, FieldInfo)
                           for k, v in _constraints(fld).items()}
                 options.append(valid_value(base, limits))
-            else:
-                options.append(valid_value(arg, {}))
+            else:  # the field's bounds (Field(None, ge=0)) are those of its value
+                options.append(valid_value(arg, meta if arg in (int, float) else {}))
         return st.one_of(options)
     if tp is str:
         if "pattern" in meta:
@@ -166,6 +170,12 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
         train["nesterov"] = False
     if tree["cluster"]["method"] == "infomap" and tree["cluster"]["eps"] == "auto":
         tree["cluster"]["eps"] = 0.5  # InfoMap has no radius to choose
+    cl = tree["cluster"]
+    if cl["intra_camera_k1"] is not None:  # camera-aware lists: DBSCAN, exact, < k1
+        if cl["method"] != "dbscan" or cl["knn"] not in ("auto", "exact"):
+            cl["intra_camera_k1"] = None
+        else:
+            cl["intra_camera_k1"] = min(cl["intra_camera_k1"], cl["k1"] - 1)
     if train["scheduler"] == "cosine":
         train["min_lr"] = min(train["min_lr"], train["lr"])
     return tree
