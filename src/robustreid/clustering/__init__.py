@@ -1,7 +1,7 @@
 """Pseudo-label generation: kNN search, sparse k-reciprocal Jaccard distance, DBSCAN or
 InfoMap; the approximate kNN and chunked inputs for millions of rows."""
 
-from ._labels import relabel_consecutive
+from ._labels import outliers_as_singletons, relabel_consecutive
 from .ann import Projection, fit_projection, ivf_knn, project, refine_knn
 from .arrays import open_features
 from .graph_clustering import infomap_available, infomap_labels
@@ -29,4 +29,5 @@ __all__ = [
     "pseudo_labels",
     "refine_knn",
     "relabel_consecutive",
+    "outliers_as_singletons",
 ]

@@ -1,10 +1,10 @@
-"""Label vectors: renaming clusters in order of first occurrence."""
+"""Label vectors: renaming clusters in order of first occurrence; outliers as singletons."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["relabel_consecutive"]
+__all__ = ["relabel_consecutive", "outliers_as_singletons"]
 
 
 def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
@@ -25,4 +25,20 @@ def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
         new_id = np.empty(len(uniq), dtype=np.int64)
         new_id[order] = np.arange(len(uniq), dtype=np.int64)
         out[inlier] = new_id[inverse]
+    return out
+
+
+def outliers_as_singletons(labels: np.ndarray) -> np.ndarray:
+    """Every outlier (``-1``) made its own cluster, numbered after the clusters (the
+    convention for scoring a partition with outliers, e.g. its ARI against identities).
+
+    Args:
+        labels: ``(N,)`` integer labels, ``-1`` = outlier.
+
+    Returns:
+        ``(N,)`` int64 labels without ``-1`` (a copy).
+    """
+    out = np.asarray(labels, dtype=np.int64).copy()
+    alone = out < 0
+    out[alone] = out.max(initial=-1) + 1 + np.arange(int(alone.sum()))
     return out

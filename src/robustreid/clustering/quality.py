@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._labels import outliers_as_singletons
+
 
 def _pairs(counts: np.ndarray) -> float:
     """Number of unordered pairs within groups of the given sizes."""
@@ -48,10 +50,7 @@ def pseudo_label_quality(labels: np.ndarray, identities: np.ndarray) -> dict[str
     if n == 0:
         raise ValueError("pseudo_label_quality: no samples")
     outlier = labels < 0
-    # outliers become singletons, numbered after the clusters
-    clusters = labels.copy()
-    clusters[outlier] = labels.max(initial=-1) + 1 + np.arange(int(outlier.sum()))
-    _, cluster_idx = np.unique(clusters, return_inverse=True)
+    _, cluster_idx = np.unique(outliers_as_singletons(labels), return_inverse=True)
     _, id_idx = np.unique(identities, return_inverse=True)
     num_ids = int(id_idx.max()) + 1
     cells, cell_counts = np.unique(cluster_idx * num_ids + id_idx, return_counts=True)
