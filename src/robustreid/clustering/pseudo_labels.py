@@ -16,7 +16,7 @@ from scipy.sparse.csgraph import connected_components, reverse_cuthill_mckee
 
 from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
-from .camera_knn import camera_knn, check_camera_lists
+from .camera_knn import camera_knn
 from .eps_auto import EPS_CANDIDATES, choose_eps
 from .graph_clustering import infomap_labels
 from .jaccard import _jaccard_core, check_k
@@ -212,8 +212,6 @@ def pseudo_labels(
     validate_features(features)
     n = num_rows(features)
     k1, k2 = check_k(n, k1, k2)
-    if intra_camera_k1 is not None:
-        cams = check_camera_lists(camids, n, k1, int(intra_camera_k1))
     options = {"seed": seed, **dict(knn_options or {})}
     requested = knn_method
     if intra_camera_k1 is not None:
@@ -231,7 +229,8 @@ def pseudo_labels(
         if intra_camera_k1 is not None:
             with Step(logger, f"camera-aware ranking lists (k1={k1}, "
                               f"{intra_camera_k1} of the own camera)", n):
-                dist, idx = camera_knn(features, cams, k1, int(intra_camera_k1),
+                # camera_knn checks camids (length, two cameras) before its product
+                dist, idx = camera_knn(features, camids, k1, int(intra_camera_k1),
                                        device=device)
         else:
             dist, idx = knn(features, k_search, method=requested, device=device,
