@@ -73,6 +73,8 @@ BUDGET = ["train.epochs=5", "train.iters=12", "train.eval_every=1",
           "train.select_by=label_free", "memory.init=mean", "memory.update=mean"]
 CONFIG = "configs/synthperson.yaml"
 DEFAULT_EPS = "0.6"
+#: the label-free arms: the radius chosen (``auto``), and the radius and k1 chosen
+AUTO_ARMS = {"auto": ["cluster.eps=auto"], "auto_k1": ["cluster.eps=auto", "cluster.k1=auto"]}
 
 
 def run_key(variant: str, eps: str, seed: int) -> str:
@@ -115,6 +117,8 @@ def summarise(run_dir: Path) -> dict[str, Any]:
         "curve": [(r["epoch"], r["mAP"]) for r in evaluated],
         "scores": scored,
         "eps_chosen": [r["eps"] for r in trained if "eps" in r],
+        "k1_chosen": [r["k1"] for r in trained if "k1" in r],
+        "time_k1_auto": [r.get("time_k1_auto", 0.0) for r in trained if "k1" in r],
         "clusters": [r.get("clusters") for r in trained],
         "time_eps_auto": [r["time_eps_auto"] for r in trained if "time_eps_auto" in r],
         "epoch_seconds": [sum(r.get(f"time_{p}", 0.0)
@@ -151,7 +155,9 @@ def signal_table(out: Path) -> list[str]:
     score), pick loss = best mAP minus the mAP of the model the quantity ranks first (mean over
     runs, points), Spearman correlation with mAP over the models (mean over runs)."""
     rows = []
-    runs = sorted(out.glob("*/eps*/seed*/metrics.jsonl"))
+    # (the radius arms only: the signal table predates the auto_k1 arm)
+    runs = sorted(p for p in out.glob("*/eps*/seed*/metrics.jsonl")
+                  if p.parent.parent.name != "epsauto_k1")
     for key, what in SIGNALS.items():
         losses, rhos = [], []
         for path in runs:
@@ -178,7 +184,8 @@ def signal_table(out: Path) -> list[str]:
 
 def train_one(args: argparse.Namespace, variant: str, eps: str, seed: int) -> dict[str, Any]:
     run_dir = Path(args.out) / run_key(variant, eps, seed)
-    overrides = [*BUDGET, *VARIANTS[variant][1], *args.set, f"cluster.eps={eps}",
+    arm = AUTO_ARMS.get(eps, [f"cluster.eps={eps}"])
+    overrides = [*BUDGET, *VARIANTS[variant][1], *args.set, *arm,
                  f"seed={seed}", f"data.root={args.data_root}",
                  f"data.options.folder={DATA_OF.get(variant, variant)}",
                  f"output_dir={run_dir}"]
@@ -239,22 +246,52 @@ def table(results: dict) -> list[str]:
              "| variant | seeds | oracle eps | oracle | 0.6 | auto | auto − oracle | "
              "auto − 0.6 | eps chosen | pick loss | Spearman | choice / epoch |",
              "|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|"]
+    k1_lines = ["", "With k1 chosen too (`cluster.eps=auto cluster.k1=auto`, arm `auto_k1`): "
+                "mAP of the last epoch (%), paired differences in points [95 % t interval], "
+                "the k1 values chosen over the epochs, and the cost of both choices per epoch.",
+                "", "| variant | seeds | auto_k1 | auto_k1 − oracle | auto_k1 − 0.6 | "
+                "auto_k1 − auto | k1 chosen (median) | choice / epoch |",
+                "|---|---:|---:|---|---|---|---|---:|"]
     for variant, (_, _, what) in VARIANTS.items():
         runs = [r for r in results.values() if r["variant"] == variant]
         if runs:
             lines.append(_row(results, variant, what, runs))
-    return lines
+            if any(r["eps"] == "auto_k1" for r in runs):
+                k1_lines.append(_k1_row(results, variant, runs))
+    return lines + (k1_lines if len(k1_lines) > 6 else [])
+
+
+def _oracle(runs: list[dict]) -> tuple[str | None, dict[str, float]]:
+    """The fixed radius with the best mean mAP over the seeds, and every arm's mean."""
+    means = {eps: statistics.mean(r["mAP"] for r in runs if r["eps"] == eps)
+             for eps in sorted({r["eps"] for r in runs})}
+    fixed = {e: m for e, m in means.items() if e not in AUTO_ARMS}
+    return (max(fixed, key=fixed.get) if fixed else None), means
+
+
+def _k1_row(results: dict, variant: str, runs: list[dict]) -> str:
+    oracle, means = _oracle(runs)
+    arm = [r for r in runs if r["eps"] == "auto_k1"]
+    chosen = sorted(k for r in arm for k in r["k1_chosen"])
+    cost = [(t + u) / s for r in arm for t, u, s in
+            zip(r["time_eps_auto"], r["time_k1_auto"], r["epoch_seconds"], strict=False)]
+    cells = [variant, str(len(arm)), f"{100 * means['auto_k1']:.1f}",
+             _ci(paired(results, variant, "auto_k1", oracle)) if oracle else "-",
+             _ci(paired(results, variant, "auto_k1", DEFAULT_EPS)),
+             _ci(paired(results, variant, "auto_k1", "auto")),
+             f"{chosen[0]}-{chosen[-1]} ({chosen[len(chosen) // 2]})" if chosen else "-",
+             f"{100 * statistics.mean(cost):.2f} %" if cost else "-"]
+    return "| " + " | ".join(cells) + " |"
 
 
 def _row(results: dict, variant: str, what: str, runs: list[dict]) -> str:
-    means = {eps: statistics.mean(r["mAP"] for r in runs if r["eps"] == eps)
-             for eps in sorted({r["eps"] for r in runs})}
-    fixed = {e: m for e, m in means.items() if e != "auto"}
-    oracle = max(fixed, key=fixed.get) if fixed else None
+    oracle, means = _oracle(runs)
     auto = [r for r in runs if r["eps"] == "auto"]
     chosen = [e for r in auto for e in r["eps_chosen"]]
-    losses = [r["best_mAP"] - r["picked_mAP"] for r in runs if "best_mAP" in r]
-    rhos = [r["spearman"] for r in runs if r.get("spearman") is not None]
+    losses = [r["best_mAP"] - r["picked_mAP"] for r in runs
+              if "best_mAP" in r and r["eps"] != "auto_k1"]
+    rhos = [r["spearman"] for r in runs
+            if r.get("spearman") is not None and r["eps"] != "auto_k1"]
     cost = [t / s for r in auto
             for t, s in zip(r["time_eps_auto"], r["epoch_seconds"], strict=False)]
 
@@ -278,6 +315,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--grid", nargs="+", default=["0.5", "0.6", "0.7"],
                         help="fixed radii of the oracle's sweep (0.6 is the default)")
+    parser.add_argument("--arms", nargs="+", default=list(AUTO_ARMS), choices=list(AUTO_ARMS),
+                        help="label-free arms: auto (eps chosen), auto_k1 (eps and k1 chosen)")
     parser.add_argument("--config", default=CONFIG)
     parser.add_argument("--data-root", default="data/eps_variants")
     parser.add_argument("--out", default="runs/eps_variants")
@@ -313,7 +352,7 @@ def main() -> None:
                   f"({summary['num_train_images'] / summary['num_train_ids']:.1f} per identity), "
                   f"{summary['num_cameras']} cameras", flush=True)
         plan = [(v, e, s) for s in args.seeds for v in args.variants
-                for e in [*args.grid, "auto"] if run_key(v, e, s) not in results]
+                for e in [*args.grid, *args.arms] if run_key(v, e, s) not in results]
         print(f"{len(plan)} runs to do", flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             for (v, e, s), fut in zip(plan, [pool.submit(train_one, args, *p) for p in plan],

@@ -163,7 +163,9 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
     train["batch_size"] = train["num_instances"] * draw(
         st.integers(2 if train["num_instances"] == 1 else 1, 64))
     for section in ("cluster", "eval"):
-        tree[section]["k2"] = draw(st.integers(1, tree[section]["k1"]))
+        # (cluster.k1: auto tries k1 from 10 up: k2 at most 10)
+        top = 10 if tree[section]["k1"] == "auto" else tree[section]["k1"]
+        tree[section]["k2"] = draw(st.integers(1, top))
     if not tree["data"]["eval_dataset"]:
         tree["data"]["eval_root"], tree["data"]["eval_options"] = "", {}
     if train["optimizer"] != "sgd" or not train["sgd_momentum"]:
@@ -171,8 +173,11 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
     if tree["cluster"]["method"] == "infomap" and tree["cluster"]["eps"] == "auto":
         tree["cluster"]["eps"] = 0.5  # InfoMap has no radius to choose
     cl = tree["cluster"]
+    if cl["k1"] == "auto" and cl["method"] != "dbscan":
+        cl["k1"] = 30  # k1 auto compares DBSCAN partitions
     if cl["intra_camera_k1"] is not None:  # camera-aware lists: DBSCAN, exact, < k1
-        if cl["method"] != "dbscan" or cl["knn"] not in ("auto", "exact"):
+        if (cl["method"] != "dbscan" or cl["knn"] not in ("auto", "exact")
+                or cl["k1"] == "auto"):
             cl["intra_camera_k1"] = None
         else:
             cl["intra_camera_k1"] = min(cl["intra_camera_k1"], cl["k1"] - 1)

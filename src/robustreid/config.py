@@ -163,7 +163,13 @@ class ClusterConfig(ConfigSection):
                     "full matrix: all in one cluster) and the clustering step refuses it; "
                     "or eps: auto to choose it without labels"})
     min_samples: int = Field(4, ge=1)
-    k1: int = Field(30, ge=1)
+    # k-reciprocal neighbourhood of the Jaccard distance, or "auto": chosen every epoch
+    # without labels among 10, 15, 20, 30 by the cosine silhouette of each one's partition
+    # (docs/method.md, "Choosing k1 without labels"; DBSCAN only); the choice goes into
+    # metrics.jsonl.
+    k1: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        30, union_mode="left_to_right", json_schema_extra={
+            "expected": "a positive integer or 'auto'"})
     k2: int = Field(6, ge=1)
     # Clustering: DBSCAN on the Jaccard distance, or InfoMap on the kNN graph (needs the
     # infomap package).
@@ -564,6 +570,18 @@ def _check_combinations(cfg: Config, sources: Sources) -> None:
             f"num_instances images each)", sources,
             f"e.g. train.batch_size={nearest}")
     cc = cfg.cluster
+    if cc.k1 == "auto" and cc.method != "dbscan":
+        raise _combination_error(
+            ["cluster.k1", "cluster.method"],
+            f"cluster.k1=auto compares DBSCAN partitions of the Jaccard distance, but "
+            f"cluster.method={cc.method} does not use it", sources,
+            "set cluster.method=dbscan, or a number for cluster.k1")
+    if cc.k1 == "auto" and cc.intra_camera_k1 is not None:
+        raise _combination_error(
+            ["cluster.k1", "cluster.intra_camera_k1"],
+            "cluster.k1=auto chooses the length of the classic ranking lists; the "
+            "camera-aware lists of cluster.intra_camera_k1 need a fixed k1", sources,
+            "set a number for cluster.k1, or cluster.intra_camera_k1=null")
     if cc.intra_camera_k1 is not None:
         if cc.method != "dbscan":
             raise _combination_error(
@@ -584,8 +602,17 @@ def _check_combinations(cfg: Config, sources: Sources) -> None:
                 f"cluster.intra_camera_k1 searches the camera-aware lists exactly, but "
                 f"cluster.knn={cc.knn} asks for an approximate search", sources,
                 "set cluster.knn=auto or exact, or cluster.intra_camera_k1=null")
+    if cc.k1 == "auto":
+        from robustreid.clustering.k1_auto import K1_CANDIDATES  # (heavy: only when used)
+
+        if cc.k2 > min(K1_CANDIDATES):
+            raise _combination_error(
+                ["cluster.k2", "cluster.k1"],
+                f"cluster.k2={cc.k2} must be <= {min(K1_CANDIDATES)}, the smallest k1 that "
+                f"cluster.k1=auto tries (query expansion averages over the k2 nearest of the "
+                f"k1 neighbours)", sources, f"set cluster.k2 <= {min(K1_CANDIDATES)}")
     for section, sec in (("cluster", cfg.cluster), ("eval", cfg.eval)):
-        if sec.k2 > sec.k1:
+        if sec.k1 != "auto" and sec.k2 > sec.k1:
             raise _combination_error(
                 [f"{section}.k2", f"{section}.k1"],
                 f"{section}.k2={sec.k2} must be <= {section}.k1={sec.k1} (query expansion "
@@ -624,7 +651,10 @@ def check_config(cfg: Config) -> None:
 
     * ``train.batch_size`` is a multiple of ``train.num_instances`` (P x K batches);
     * ``cluster.k2 <= cluster.k1`` and ``eval.k2 <= eval.k1`` (k-reciprocal query
-      expansion is over the k2 nearest of the k1 neighbours);
+      expansion is over the k2 nearest of the k1 neighbours); with ``cluster.k1=auto``,
+      ``cluster.k2`` at most the smallest candidate (10);
+    * ``cluster.k1=auto`` only with ``cluster.method=dbscan`` and without
+      ``cluster.intra_camera_k1``;
     * ``data.eval_root`` / ``data.eval_options`` only with ``data.eval_dataset``;
     * ``train.nesterov`` only with ``train.optimizer=sgd`` and ``train.sgd_momentum > 0``;
     * ``train.min_lr <= train.lr`` with ``train.scheduler=cosine``;

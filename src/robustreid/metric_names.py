@@ -53,10 +53,11 @@ METHOD_KEYS = ("saa_initial_loss", "saa_final_loss", "saa_seconds", "hps_accepte
                "hps_fallback_fraction", "hps_dispersion", "joint_loss", "joint_peak_weight")
 
 #: The label-free signal (``train.select_by`` other than ``map``; see
-#: ``clustering.label_free``) and the radius ``cluster.eps: auto`` chose (``eps``; also
-#: ``eps_criterion``, a name, and ``eps_scores``, radius -> score).
+#: ``clustering.label_free``), the radius ``cluster.eps: auto`` chose (``eps``; also
+#: ``eps_criterion``, a name, and ``eps_scores``, radius -> score) and the ``k1`` of
+#: ``cluster.k1: auto`` (``k1``; also ``k1_criterion`` and ``k1_scores``, k1 -> score).
 LABEL_FREE_KEYS = ("label_free_score", "lf_agreement", "lf_cross_camera",
-                   "label_free_score_final", "eps")
+                   "label_free_score_final", "eps", "k1")
 
 #: Every numeric key a record may hold.
 NUMBER_KEYS = (*EPOCH_KEYS, *RANKING_KEYS, *TIME_KEYS, *QUALITY_KEYS, *RAW_QUALITY_KEYS,

@@ -25,8 +25,10 @@ from robustreid.clustering.camera import camera_normalize
 from robustreid.clustering.knn import check_knn_method
 from robustreid.clustering.pseudo_labels import pseudo_labels
 
-#: What ``eps="auto"`` adds to the epoch's record (see ``pseudo_labels(return_info=True)``).
-_EPS_RECORD = ("eps", "eps_criterion", "eps_scores", "time_eps_auto")
+#: What ``eps="auto"`` and ``k1="auto"`` add to the epoch's record (see
+#: ``pseudo_labels(return_info=True)``).
+_AUTO_RECORD = ("eps", "eps_criterion", "eps_scores", "time_eps_auto",
+                "k1", "k1_criterion", "k1_scores", "time_k1_auto")
 
 
 @dataclass
@@ -67,7 +69,9 @@ class ClusteringLabeller:
             epoch without labels (:func:`robustreid.clustering.eps_auto.choose_eps`); the
             choice and its scores go into :attr:`EpochLabels.info`.
         min_samples: DBSCAN core-point size.
-        k1, k2: k-reciprocal neighbourhood sizes (InfoMap: ``k1`` links per image).
+        k1, k2: k-reciprocal neighbourhood sizes (InfoMap: ``k1`` links per image);
+            ``k1="auto"``: chosen every epoch without labels
+            (:func:`robustreid.clustering.k1_auto.choose_k1`), recorded like ``eps``.
         knn_method: ``auto``, ``exact``, ``ivf`` or ``hnsw`` nearest-neighbour search
             (:func:`robustreid.clustering.knn`).
         camids: (N,) camera ids of the training images (needed by the two options below).
@@ -83,7 +87,7 @@ class ClusteringLabeller:
         infomap_min_sim, infomap_min_size: InfoMap link threshold and smallest cluster.
     """
 
-    def __init__(self, eps: float | str, min_samples: int, k1: int, k2: int,
+    def __init__(self, eps: float | str, min_samples: int, k1: int | str, k2: int,
                  knn_method: str = "auto", camids: Sequence[int] | None = None,
                  device: torch.device | None = None, *, camera_normalize: bool = False,
                  intra_camera_k1: int | None = None, method: str = "dbscan",
@@ -95,6 +99,8 @@ class ClusteringLabeller:
         check_knn_method(knn_method, "knn_method")
         if isinstance(eps, str) and eps != "auto":
             raise ValueError(f"eps must be a radius in (0, 1) or 'auto', got {eps!r}")
+        if isinstance(k1, str) and k1 != "auto":
+            raise ValueError(f"k1 must be a positive integer or 'auto', got {k1!r}")
         self.eps, self.min_samples, self.k1, self.k2 = eps, min_samples, k1, k2
         self.knn_method = knn_method
         if (camera_normalize or intra_camera_k1 is not None) and camids is None:
@@ -109,6 +115,7 @@ class ClusteringLabeller:
         self.feature_dtype = feature_dtype
         self.infomap_min_sim, self.infomap_min_size = infomap_min_sim, infomap_min_size
         self.chosen_eps: float | None = None  # eps="auto": the radius of the last call
+        self.chosen_k1: int | None = None  # k1="auto": the k1 of the last call
 
     def __call__(self, features: Any, epoch: int) -> EpochLabels:
         """Labels of ``features``: an (N, D) tensor, or an (N, D) array / memory map."""
@@ -119,7 +126,7 @@ class ClusteringLabeller:
         if self.feature_dtype == "float16":
             features = (features.half() if isinstance(features, torch.Tensor)
                         else np.asarray(features, dtype=np.float16))
-        auto = self.eps == "auto"
+        auto = self.eps == "auto" or self.k1 == "auto"
         out = pseudo_labels(features, eps=self.eps, min_samples=self.min_samples,
                             k1=self.k1, k2=self.k2, knn_method=self.knn_method,
                             device=self.device, method=self.method,
@@ -130,10 +137,11 @@ class ClusteringLabeller:
                             intra_camera_k1=self.intra_camera_k1)
         if auto:
             labels, info = out
-            self.chosen_eps = info["eps"]
+            self.chosen_eps = info.get("eps", self.chosen_eps)
+            self.chosen_k1 = info.get("k1", self.chosen_k1)
             # the record gets the choice only (not the kNN path's memory and timing figures,
             # which differ from run to run)
-            return EpochLabels.from_labels(labels, info={k: info[k] for k in _EPS_RECORD
+            return EpochLabels.from_labels(labels, info={k: info[k] for k in _AUTO_RECORD
                                                          if k in info})
         return EpochLabels.from_labels(out)
 
@@ -144,8 +152,13 @@ class ClusteringLabeller:
                     f"infomap_min_size={self.infomap_min_size}")
         if self.eps == "auto":
             last = "" if self.chosen_eps is None else f", last chosen {self.chosen_eps:.2f}"
-            return f"eps=auto{last}, min_samples={self.min_samples}"
-        return f"eps={self.eps}, min_samples={self.min_samples}"
+            text = f"eps=auto{last}, min_samples={self.min_samples}"
+        else:
+            text = f"eps={self.eps}, min_samples={self.min_samples}"
+        if self.k1 == "auto":
+            last = "" if self.chosen_k1 is None else f", last chosen {self.chosen_k1}"
+            text += f", k1=auto{last}"
+        return text
 
 
 class SupervisedLabeller:

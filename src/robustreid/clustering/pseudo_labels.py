@@ -18,6 +18,7 @@ from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
 from .camera_knn import camera_knn
 from .eps_auto import EPS_CANDIDATES, choose_eps
+from .k1_auto import K1_CANDIDATES, check_k1_candidates, choose_k1
 from .graph_clustering import infomap_labels
 from .jaccard import _jaccard_core, check_k
 from .knn import _resolve_device, check_knn_method, choose_method, knn
@@ -104,7 +105,7 @@ def pseudo_labels(
     features: Any,
     eps: float | str = 0.6,
     min_samples: int = 4,
-    k1: int = 30,
+    k1: int | str = 30,
     k2: int = 6,
     *,
     knn_method: str = "auto",
@@ -119,6 +120,7 @@ def pseudo_labels(
     return_info: bool = False,
     camids: Any = None,
     intra_camera_k1: int | None = None,
+    k1_candidates: Sequence[int] = K1_CANDIDATES,
 ) -> np.ndarray | tuple[Any, ...]:
     """Cluster ``features`` into pseudo-identities (cluster-contrast style).
 
@@ -137,7 +139,10 @@ def pseudo_labels(
             labels are used). DBSCAN only.
         min_samples: DBSCAN ``min_samples`` (the sample itself included).
         k1, k2: Jaccard neighbourhood sizes, see :func:`robustreid.clustering.jaccard_distance`
-            (InfoMap links each row to its ``k1`` nearest neighbours).
+            (InfoMap links each row to its ``k1`` nearest neighbours). ``k1="auto"``: chosen
+            among ``k1_candidates`` by the cosine silhouette of each candidate's partition on
+            the features (:func:`robustreid.clustering.k1_auto.choose_k1`; no labels are
+            used; DBSCAN and the classic ranking lists only); the kNN is searched once.
         knn_method: ``"auto"`` (exact up to 50,000 rows of 2048 dimensions, see
             :func:`robustreid.clustering.choose_method`; above, the IVF search, after a
             balanced instead of a PCA projection on a flat spectrum:
@@ -154,8 +159,11 @@ def pseudo_labels(
         eps_candidates: the radii ``eps="auto"`` tries, each in ``(0, 1)``.
         return_info: also return a dict of what was chosen: with ``eps="auto"``, ``eps``,
             ``eps_criterion``, ``eps_scores`` (radius as ``"0.55"`` -> score) and
-            ``time_eps_auto`` (seconds of the choice); empty for a fixed radius and the
-            exact kNN. After an approximate kNN also what the search chose (``knn_method``,
+            ``time_eps_auto`` (seconds of the choice; with ``k1="auto"`` the chosen
+            candidate's); with ``k1="auto"``, ``k1``, ``k1_criterion``, ``k1_scores``
+            (``"15"`` -> score) and ``time_k1_auto`` (seconds of the choice beyond one
+            clustering: the other candidates and the scores); empty for fixed settings and
+            the exact kNN. After an approximate kNN also what the search chose (``knn_method``,
             ``knn_dim``, ``knn_kept_variance``, ``knn_choice``, ``knn_nprobe`` and, where
             measured, ``knn_coverage``: see ``info`` of :func:`robustreid.clustering.knn`) and
             the memory of the call, from the kernel's resident-set counters
@@ -168,11 +176,13 @@ def pseudo_labels(
             ``k1 - 1 - intra_camera_k1`` nearest of the other cameras. DBSCAN only; the
             lists come from an exact search (``knn_method`` ``"auto"`` or ``"exact"``), and
             ``camids`` must name at least two cameras.
+        k1_candidates: the ``k1`` values ``k1="auto"`` tries (positive integers).
 
     Returns:
         ``(N,)`` int64 labels ``0..C-1`` numbered by first occurrence, ``-1`` = outlier; with
         ``return_knn``, ``(labels, distances, indices)`` with the ``(N, K)`` kNN (``K = 2 k1``;
-        ``k1`` for InfoMap and with ``intra_camera_k1``); with ``return_info``, the info dict
+        ``k1`` for InfoMap and with ``intra_camera_k1``; ``2 max(k1_candidates)`` with
+        ``k1="auto"``); with ``return_info``, the info dict
         comes last.
     """
     if method not in CLUSTER_METHODS:
@@ -187,6 +197,17 @@ def pseudo_labels(
                              f"use knn_method='auto' or 'exact', got {knn_method!r}")
         if camids is None:
             raise ValueError("intra_camera_k1 needs camids, the (N,) camera id of every row")
+    k1_auto = isinstance(k1, str)
+    if k1_auto:
+        if k1 != "auto":
+            raise ValueError(f"k1 must be a positive integer or 'auto', got k1={k1!r}")
+        if method != "dbscan":
+            raise ValueError(f"k1='auto' compares DBSCAN partitions of the Jaccard distance; "
+                             f"use method='dbscan', got method={method!r}")
+        if intra_camera_k1 is not None:
+            raise ValueError("k1='auto' chooses the length of the classic ranking lists; "
+                             "camera-aware lists (intra_camera_k1) need a fixed k1")
+        k1_grid = check_k1_candidates(k1_candidates)
     auto = isinstance(eps, str)
     if auto and eps != "auto":
         raise ValueError(f"eps must be a radius in (0, 1) or 'auto', got eps={eps!r}")
@@ -211,7 +232,13 @@ def pseudo_labels(
     features = open_features(features)
     validate_features(features)
     n = num_rows(features)
-    k1, k2 = check_k(n, k1, k2)
+    if k1_auto:
+        k1_grid = sorted({min(k, n) for k in k1_grid})  # (check_k warns once, below)
+        check_k(n, k1_grid[-1], 1)
+        k1 = k1_grid[-1]  # the kNN below is searched for the largest candidate
+        k2 = check_k(n, k1_grid[0], k2)[1]
+    else:
+        k1, k2 = check_k(n, k1, k2)
     options = {"seed": seed, **dict(knn_options or {})}
     requested = knn_method
     if intra_camera_k1 is not None:
@@ -249,23 +276,48 @@ def pseudo_labels(
             # million rows); the exact path keeps the classic numbering, bit for bit
             with Step(logger, "renumbering the rows by kNN locality", n):
                 perm, dist, idx = _renumber(dist, idx, k1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            jac = _jaccard_core(features, dist, idx, k1, k2, np.float32, row_ids=perm)
-        del dist, idx
-        info: dict[str, Any] = {}
-        if auto:
+
+        def cluster(k: int) -> tuple[np.ndarray, dict[str, Any]]:
+            """DBSCAN labels (in the search's row order) at ``k1 = k`` and what was chosen."""
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                jac = _jaccard_core(features, dist[:, :2 * k], idx[:, :2 * k], k, k2,
+                                    np.float32, row_ids=perm)
+            if not auto:
+                return dbscan_sparse(jac, float(eps), int(min_samples)), {}
             start = time.perf_counter()
             choice = choose_eps(jac, int(min_samples), grid)
-            labels = choice.labels
-            info = {**choice.record(), "time_eps_auto": time.perf_counter() - start}
-            logger.info("eps auto: chose %.2f (criterion %s: %.4f, %d clusters; %s)",
-                        choice.eps, choice.criterion, choice.scores[choice.eps],
-                        choice.clusters[choice.eps],
+            logger.info("eps auto%s: chose %.2f (criterion %s: %.4f, %d clusters; %s)",
+                        f" (k1={k})" if k1_auto else "", choice.eps, choice.criterion,
+                        choice.scores[choice.eps], choice.clusters[choice.eps],
                         " ".join(f"{e:.2f}:{s:.3f}" for e, s in choice.scores.items()))
+            return choice.labels, {**choice.record(),
+                                   "time_eps_auto": time.perf_counter() - start}
+
+        if k1_auto:
+            start = time.perf_counter()
+            times: list[float] = []
+
+            def timed(k: int) -> tuple[np.ndarray, dict[str, Any]]:
+                t0 = time.perf_counter()
+                out = cluster(k)
+                times.append(time.perf_counter() - t0)
+                return out
+
+            # (the labels are in the kNN's row order: perm[i] is the feature row of label i)
+            k1_choice = choose_k1(features, k1_grid, timed, seed=seed, row_ids=perm)
+            labels = k1_choice.labels
+            # the choice's own cost: every candidate's clustering but the chosen one's, and
+            # the scores (the chosen clustering is what a fixed k1 would cost)
+            spent = time.perf_counter() - start - times[k1_grid.index(k1_choice.k1)]
+            info = {**k1_choice.info, **k1_choice.record(), "time_k1_auto": spent}
+            logger.info("k1 auto: chose %d (criterion %s: %.4f, %d clusters; %s)",
+                        k1_choice.k1, k1_choice.criterion, k1_choice.scores[k1_choice.k1],
+                        k1_choice.clusters[k1_choice.k1],
+                        " ".join(f"{k}:{s:.3f}" for k, s in k1_choice.scores.items()))
         else:
-            labels = dbscan_sparse(jac, float(eps), int(min_samples))
-        del jac
+            labels, info = cluster(k1)
+        del dist, idx
         if perm is not None:
             out = np.empty(n, dtype=np.int64)
             out[perm] = labels

@@ -186,6 +186,8 @@ class EpochLogger(HookBase):
                          f"loss {record['loss']:.3f}")
         if "eps" in record:  # cluster.eps: auto
             parts.append(f"eps {record['eps']:.2f}")
+        if "k1" in record:  # cluster.k1: auto
+            parts.append(f"k1 {record['k1']}")
         if "label_free_score" in record:
             parts.append(f"label-free score {record['label_free_score']:.3f} (model after "
                          f"epoch {record['epoch'] - 1})")
