@@ -233,8 +233,8 @@ def pseudo_labels(
     validate_features(features)
     n = num_rows(features)
     if k1_auto:
-        k1_grid = sorted({min(k, n) for k in k1_grid})  # (check_k warns once, below)
-        check_k(n, k1_grid[-1], 1)
+        check_k(n, k1_grid[-1], 1)  # (warns where the largest candidate exceeds N)
+        k1_grid = sorted({min(k, n) for k in k1_grid})
         k1 = k1_grid[-1]  # the kNN below is searched for the largest candidate
         k2 = check_k(n, k1_grid[0], k2)[1]
     else:
