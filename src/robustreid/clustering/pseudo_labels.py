@@ -18,9 +18,9 @@ from ._labels import relabel_consecutive
 from .arrays import num_rows, open_features, validate_features
 from .camera_knn import camera_knn
 from .eps_auto import EPS_CANDIDATES, choose_eps
-from .k1_auto import K1_CANDIDATES, check_k1_candidates, choose_k1
 from .graph_clustering import infomap_labels
 from .jaccard import _jaccard_core, check_k
+from .k1_auto import K1_CANDIDATES, check_k1_candidates, choose_k1
 from .knn import _resolve_device, check_knn_method, choose_method, knn
 from .progress import Step, peak_rss_mb, rss_mb
 
@@ -276,13 +276,19 @@ def pseudo_labels(
             # million rows); the exact path keeps the classic numbering, bit for bit
             with Step(logger, "renumbering the rows by kNN locality", n):
                 perm, dist, idx = _renumber(dist, idx, k1)
+        searched = [dist, idx]  # (emptied below: the kNN is freed once clustered)
+        del dist, idx
 
         def cluster(k: int) -> tuple[np.ndarray, dict[str, Any]]:
             """DBSCAN labels (in the search's row order) at ``k1 = k`` and what was chosen."""
+            kdist, kidx = searched
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                jac = _jaccard_core(features, dist[:, :2 * k], idx[:, :2 * k], k, k2,
+                jac = _jaccard_core(features, kdist[:, :2 * k], kidx[:, :2 * k], k, k2,
                                     np.float32, row_ids=perm)
+            del kdist, kidx
+            if not k1_auto:
+                searched.clear()  # one k1: the kNN is not read again (memory at scale)
             if not auto:
                 return dbscan_sparse(jac, float(eps), int(min_samples)), {}
             start = time.perf_counter()
@@ -317,7 +323,7 @@ def pseudo_labels(
                         " ".join(f"{k}:{s:.3f}" for k, s in k1_choice.scores.items()))
         else:
             labels, info = cluster(k1)
-        del dist, idx
+        searched.clear()
         if perm is not None:
             out = np.empty(n, dtype=np.int64)
             out[perm] = labels
