@@ -107,11 +107,6 @@ VARIANTS = [
     ("min_samples2", "DBSCAN min_samples 2 instead of 4: fewer outliers (mean init, `mean` "
      "update)", "train", ["memory.init=mean", "memory.update=mean", "cluster.min_samples=2"],
      True),
-    ("recipe_min_samples2", "the recipe (configs/recipe.yaml) with DBSCAN min_samples 2 "
-     "(`memory.kind=camera_multi_proxies`, `cluster.camera_normalize=true`, "
-     "`cluster.min_samples=2`), mean init, `mean` update", "train",
-     ["memory.init=mean", "memory.update=mean", "memory.kind=camera_multi_proxies",
-      "cluster.camera_normalize=true", "cluster.min_samples=2"], True),
     ("synth_pretrained", "SynthPerson-trained start: the baseline from the weights of "
      "configs/pretrain_synthperson.yaml (supervised on a separate seed-7 Market-sized render) "
      "instead of ImageNet's", "train",
