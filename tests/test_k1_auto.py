@@ -190,3 +190,18 @@ def test_tiny_run_with_k1_auto_records_the_choice_and_resumes_exactly(tiny_data,
     assert strip(resumed.state.history) == strip(full.state.history)
     for key, value in full.model.state_dict().items():
         np.testing.assert_array_equal(resumed.model.state_dict()[key].numpy(), value.numpy())
+
+
+def test_auto_on_the_approximate_path_reads_the_renumbered_rows():
+    # the approximate search renumbers the rows by kNN locality: the silhouette must read
+    # each label's own feature row (row_ids), and the labels come back in the input's order
+    x, y = identities(0)
+    options = {"nlist": 8, "nprobe": 8, "reduce_dim": 0}
+    labels, info = pseudo_labels(x, eps="auto", min_samples=4, k1="auto", k2=3,
+                                 knn_method="ivf", knn_options=options, return_info=True)
+    exact, exact_info = pseudo_labels(x, eps="auto", min_samples=4, k1="auto", k2=3,
+                                      return_info=True)
+    assert info["k1"] == exact_info["k1"] >= 20  # every cell probed: the exact neighbours
+    assert info["k1_scores"] == pytest.approx(exact_info["k1_scores"], abs=1e-4)
+    assert adjusted_rand_score(singletons(exact), singletons(labels)) > 0.99
+    assert adjusted_rand_score(y, singletons(labels)) > 0.95
