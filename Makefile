@@ -25,7 +25,7 @@ weights: install
 	$(BIN)/robustreid weights
 
 demo: install weights
-	$(BIN)/robustreid demo --config configs/synthperson.yaml
+	$(BIN)/robustreid demo --config configs/recipe.yaml
 
 test: install-test
 	$(BIN)/ruff check src tests benchmarks

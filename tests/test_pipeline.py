@@ -130,7 +130,7 @@ def test_cli_demo_and_train_on_existing_data(synth_root, tmp_path, capsys):
               "data.num_workers=0", f"model.arch={TINY_ARCH}", "train.epochs=1",
               "train.iters=2", "train.batch_size=8", "train.num_instances=4", "cluster.k1=6",
               "cluster.k2=2", "cluster.min_samples=2"]
-    code = main(["demo", "--config", "configs/synthperson.yaml",
+    code = main(["demo", "--config", "configs/recipe.yaml",  # what `make demo` runs
                  f"output_dir={tmp_path / 'demo'}", *budget])
     assert code == 0
     out = capsys.readouterr().out
@@ -138,7 +138,7 @@ def test_cli_demo_and_train_on_existing_data(synth_root, tmp_path, capsys):
     assert (tmp_path / "demo" / "last.pth").is_file()
     assert f"training curves: {tmp_path / 'demo' / 'curves.png'}" in out
     assert (tmp_path / "demo" / "curves.png").stat().st_size > 10_000
-    code = main(["train", "--config", "configs/synthperson.yaml", "--resume",
+    code = main(["train", "--config", "configs/recipe.yaml", "--resume",
                  f"output_dir={tmp_path / 'demo'}", *budget, "train.epochs=2"])
     assert code == 0
     lines = (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()
