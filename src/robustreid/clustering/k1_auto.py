@@ -34,6 +34,7 @@ not move ``min_samples``, which is what about 4 images per identity would need.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,7 @@ class K1Choice:
         info: what clustering the chosen candidate returned (e.g. ``eps="auto"``'s record).
         scores: candidate ``k1`` -> cosine silhouette of its partition.
         clusters: candidate ``k1`` -> number of clusters.
+        seconds: candidate ``k1`` -> seconds of its clustering (``cluster``).
         criterion: the name of the score.
     """
 
@@ -155,6 +157,7 @@ class K1Choice:
     info: dict[str, Any] = field(default_factory=dict)
     scores: dict[int, float] = field(default_factory=dict)
     clusters: dict[int, int] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
     criterion: str = "cosine silhouette"
 
     def record(self) -> dict[str, object]:
@@ -184,12 +187,16 @@ def choose_k1(features: Any, candidates: Sequence[int],
     outcomes: dict[int, tuple[np.ndarray, dict[str, Any]]] = {}
     scores: dict[int, float] = {}
     clusters: dict[int, int] = {}
+    seconds: dict[int, float] = {}
     for k1 in grid:
+        start = time.perf_counter()
         labels, info = cluster(k1)
+        seconds[k1] = time.perf_counter() - start
         outcomes[k1] = (labels, info)
         scores[k1] = centroid_silhouette(features, labels, rows=rows, seed=seed,
                                          row_ids=row_ids)
         clusters[k1] = int(labels.max()) + 1 if (labels >= 0).any() else 0
     best = max(scores.values())
     chosen = min(k for k in grid if scores[k] >= best - tolerance * abs(best))
-    return K1Choice(chosen, *outcomes[chosen], scores=scores, clusters=clusters)
+    return K1Choice(chosen, *outcomes[chosen], scores=scores, clusters=clusters,
+                    seconds=seconds)

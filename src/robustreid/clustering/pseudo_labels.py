@@ -302,20 +302,12 @@ def pseudo_labels(
 
         if k1_auto:
             start = time.perf_counter()
-            times: list[float] = []
-
-            def timed(k: int) -> tuple[np.ndarray, dict[str, Any]]:
-                t0 = time.perf_counter()
-                out = cluster(k)
-                times.append(time.perf_counter() - t0)
-                return out
-
             # (the labels are in the kNN's row order: perm[i] is the feature row of label i)
-            k1_choice = choose_k1(features, k1_grid, timed, seed=seed, row_ids=perm)
+            k1_choice = choose_k1(features, k1_grid, cluster, seed=seed, row_ids=perm)
             labels = k1_choice.labels
             # the choice's own cost: every candidate's clustering but the chosen one's, and
             # the scores (the chosen clustering is what a fixed k1 would cost)
-            spent = time.perf_counter() - start - times[k1_grid.index(k1_choice.k1)]
+            spent = time.perf_counter() - start - k1_choice.seconds[k1_choice.k1]
             info = {**k1_choice.info, **k1_choice.record(), "time_k1_auto": spent}
             logger.info("k1 auto: chose %d (criterion %s: %.4f, %d clusters; %s)",
                         k1_choice.k1, k1_choice.criterion, k1_choice.scores[k1_choice.k1],
