@@ -128,12 +128,19 @@ def _silhouette_entries(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
         b_linked = np.full(n, np.inf)
         np.minimum.at(b_linked, row_of, means)
         b[full] = b_linked[full]
-    s = np.zeros(n, dtype=np.float64)
-    scored = (labels >= 0) & (own >= 2)
+    s = silhouette_values(a, b, (labels >= 0) & (own >= 2))
+    return float(s.sum() / n)
+
+
+def silhouette_values(a: np.ndarray, b: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """Per-sample silhouette ``(b - a) / max(a, b)`` from ``(M,)`` float64 ``a`` (mean
+    distance to the own cluster) and ``b`` (to the nearest other cluster); 0 where ``scored``
+    is False (outliers, singletons) or ``max(a, b)`` is 0."""
+    s = np.zeros(len(a), dtype=np.float64)
     denom = np.maximum(a, b)
     ok = scored & (denom > 0)
     s[ok] = (b[ok] - a[ok]) / denom[ok]
-    return float(s.sum() / n)
+    return s
 
 
 def sparse_silhouette(dist: sp.spmatrix, labels: np.ndarray, cutoff: float = 1.0) -> float:

@@ -43,6 +43,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .arrays import num_rows, rows_float32
+from .eps_auto import silhouette_values
 
 __all__ = ["K1_CANDIDATES", "K1_TOLERANCE", "SILHOUETTE_ROWS", "K1Choice", "centroid_silhouette",
            "check_k1_candidates", "choose_k1"]
@@ -131,10 +132,7 @@ def centroid_silhouette(features: Any, labels: np.ndarray, rows: int = SILHOUETT
                              / np.maximum(size_own - 1.0, 1.0))
         mean_dist[rows_own, lab[rows_own]] = np.inf
         b = mean_dist.min(axis=1)
-        scored = own & (sizes[np.maximum(lab, 0)] >= 2)
-        denom = np.maximum(a, b)
-        ok = scored & (denom > 0)
-        total += float(((b[ok] - a[ok]) / denom[ok]).sum())
+        total += float(silhouette_values(a, b, own & (sizes[np.maximum(lab, 0)] >= 2)).sum())
     return total / len(picked)
 
 
